@@ -1,0 +1,1 @@
+"""Sub-commands of the ``atmvideo`` command line, one module each."""

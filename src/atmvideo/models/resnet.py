@@ -132,7 +132,7 @@ class ResNetVideoClassifier(VideoClassifier):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups by depth (for layer-wise LR decay): stem, then each block (or stage)."""
         return {
-            "stem": r"^backbone\.(conv1|bn1)",
+            "stem": r"^backbone\.(?:conv1|bn1)",
             "blocks": r"^backbone\.layer(\d+)" if coarse else r"^backbone\.layer(\d+)\.(\d+)",
         }
 

@@ -68,3 +68,26 @@ def test_cli_text_and_bad_kwarg(capsys: pytest.CaptureFixture[str]) -> None:
     assert "GFLOPs" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["flops", "tsn_resnet18", "-k", "oops"])
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "paper"),
+    [
+        ("atm_vit_base_patch16_clip_224", 32, 378),
+        ("atm_vit_large_patch14_clip_224", 8, 421),
+        ("atm_vit_large_patch14_clip_336", 8, 946),
+    ],
+)
+def test_vit_rows_match_paper_without_attention(name: str, frames: int, paper: float) -> None:
+    paper_count = count_flops(name, frames=frames, convention="paper")
+    assert paper_count.gflops == pytest.approx(paper, rel=0.01)
+    full = count_flops(name, frames=frames)
+    assert full.gflops > 1.4 * paper_count.gflops  # the honest count includes attention
+
+
+def test_paper_convention_leaves_resnets_unchanged() -> None:
+    full = count_flops("atm_resnet18", frames=2, size=64)
+    paper = count_flops("atm_resnet18", frames=2, size=64, convention="paper")
+    assert paper.gflops == full.gflops
+    with pytest.raises(ValueError, match="unknown FLOP convention"):
+        count_flops("atm_resnet18", frames=2, size=64, convention="fvcore")

@@ -25,7 +25,7 @@ def parse_model_kwargs(pairs: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Count and print the cost of one view."""
     kwargs = parse_model_kwargs(args.kwarg)
-    result = count_flops(args.model, frames=args.frames, size=args.size, **kwargs)
+    result = count_flops(args.model, frames=args.frames, size=args.size, convention=args.convention, **kwargs)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=None, help="input side (default: the model's, 224/336)")
     parser.add_argument(
         "-k", dest="kwarg", action="append", default=[], metavar="NAME=VALUE", help="model keyword argument"
+    )
+    parser.add_argument(
+        "--convention",
+        choices=("full", "paper"),
+        default="full",
+        help="full: every multiply-add; paper: without ViT attention, as the paper's table (docs/flops.md)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object with gflops and params")
     parser.set_defaults(func=run)

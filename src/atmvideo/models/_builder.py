@@ -43,3 +43,13 @@ def pop_temporal_options(family: str, kwargs: dict[str, Any]) -> tuple[dict[str,
     if unknown:
         raise TypeError(f"unknown ATM keyword(s) {unknown}; valid: {', '.join(sorted(ATM_KWARGS))}")
     return {ATM_KWARGS[key]: kwargs.pop(key) for key in atm_keys}, tconv
+
+
+def drop_timm_only_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Remove the keywords ``timm.create_model`` passes to every entry point; reject real values.
+
+    They configure hub downloads, which video models do not do: weights come from ``pretrained=<file>``.
+    """
+    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        if kwargs.pop(timm_only, None) is not None:
+            raise TypeError(f"{name}: {timm_only!r} is not supported; pass pretrained=<local file>")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from atmvideo.models._base import VideoClassifier
-from atmvideo.models._builder import pop_temporal_options
+from atmvideo.models._builder import drop_timm_only_kwargs, pop_temporal_options
 from atmvideo.models._registry import register_video_model
 from atmvideo.models.atm import ATM
 from atmvideo.models.tconv import TemporalConv
@@ -147,6 +147,7 @@ def _build(
 ) -> ResNetVideoClassifier:
     from atmvideo.models.weights import maybe_load_pretrained
 
+    drop_timm_only_kwargs(f"{family}_{variant}", kwargs)
     atm, tconv = pop_temporal_options(family, kwargs)
     if atm is None:
         kwargs.pop("atm_stage", None)

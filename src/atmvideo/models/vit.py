@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from atmvideo.models._base import VideoClassifier
-from atmvideo.models._builder import pop_temporal_options
+from atmvideo.models._builder import drop_timm_only_kwargs, pop_temporal_options
 from atmvideo.models._registry import register_video_model
 from atmvideo.models.atm import ATM
 from atmvideo.models.tconv import TemporalConv
@@ -290,10 +290,7 @@ def _create_vit_video(
     num_frames = kwargs.pop("num_frames", 8)
     drop_rate = kwargs.pop("drop_rate", 0.0)
     clip_dim = kwargs.pop("clip_embed_dim", spec.clip_dim)
-    # timm.create_model passes these to every entry point; they mean nothing for a video model
-    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        if kwargs.pop(timm_only, None) is not None:
-            raise TypeError(f"{name}: {timm_only!r} is not supported; pass pretrained=<local file>")
+    drop_timm_only_kwargs(name, kwargs)
 
     # whatever is left configures the timm tower (depth, img_size, embed_dim, drop_path_rate, ...)
     backbone = timm.create_model(

@@ -34,3 +34,9 @@ class DataConfig:
     repeated_aug: int = 1  # repeated augmentation factor (each video seen this many times per epoch)
     num_workers: int = 4
     on_bad_sample: str = "error"  # error | skip
+    # Added with the data pipeline (issue 3); all optional.
+    # A video with fewer frames than the clip: "error" = a bad sample, "repeat" = repeat frames in order.
+    short_video: str = "error"  # error | repeat
+    rrc_min_scale: float = 0.08  # smallest area fraction of a RandomResizedCrop (train_crop=rrc)
+    num_classes: int = 0  # list format without a labels file: class count (0 = largest label + 1)
+    decode_threads: int = 1  # decoder threads per DataLoader worker (the workers already run in parallel)

@@ -7,10 +7,13 @@ adds a pair axis, ``(B, T, Z', C, H, W)``, where ``Z'`` is the number of (anchor
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 OPERATIONS: tuple[str, ...] = ("add", "sub", "mul", "div", "context")
 
@@ -106,9 +109,13 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> 
 
     ``out[..., u, v, y, x] = <a[..., :, y, x], b[..., :, y + u - k, x + v - k]>`` with ``k = P // 2``;
     neighbours outside the map contribute 0. This is the layout of the ``spatial_correlation_sampler``
-    package. Only the ``P * P`` displacements are computed, never the ``(HW x HW)`` matrix: for each
-    vertical shift ``u`` one batched matrix product compares every row of ``a`` with the shifted row of
-    ``b``, reading both in place (no per-shift copies of ``b``).
+    package. Only the ``P * P`` displacements are computed, never the ``(HW x HW)`` matrix: one batched
+    matrix product compares every row of ``a`` (in blocks of a few columns) with the ``P`` rows of ``b``
+    around it, read in place through an overlapping strided view (no per-shift copies, no loop), and the
+    diagonal band of the result is the output (see ``_BandCorrelation``).
+
+    The result is a permuted view of a contiguous ``(..., H, W, P, P)`` tensor: the correlation encoder
+    reads each position's ``P x P`` plane without another copy.
     """
     if a.shape != b.shape:
         raise ValueError(f"local_correlation needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -117,28 +124,204 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> 
     if _architectural_cost:
         return _local_correlation_by_shifts(a, b, patch_size)
     *lead, channels, height, width = a.shape
-    k = patch_size // 2
-    n = a[..., 0, 0, 0].numel()
-    padded_height, padded_width = height + 2 * k, width + 2 * k
-    # Rows of both maps laid out channels-last with k zero rows above and below each sample, so that
-    # "row r of a" meets "row r + u of b" at one uniform batch stride for all samples.
-    a_rows = F.pad(a.reshape(n, channels, height, width), (0, 0, 0, 2 * k))
-    a_rows = a_rows.permute(0, 2, 3, 1).reshape(n * padded_height, width, channels)
-    b_rows = F.pad(b.reshape(n, channels, height, width), (k, k, k, k))
-    b_rows = b_rows.permute(0, 2, 1, 3).reshape(n * padded_height, channels, padded_width)
-    total_rows = n * padded_height
-    used_rows = total_rows - 2 * k
-    per_shift = [
-        torch.bmm(a_rows[:used_rows], b_rows[u : u + used_rows])  # (rows, W, W + 2k)
-        for u in range(patch_size)
-    ]
-    scores = torch.stack(per_shift, dim=1)  # (rows, P, W, W + 2k)
-    # out[..., x, v] = scores[..., x, x + v]: a strided diagonal band of each row block.
-    s0, s1, s2, s3 = scores.stride()
-    band = scores.as_strided((used_rows, patch_size, width, patch_size), (s0, s1, s2 + s3, s3))
-    band = F.pad(band, (0, 0, 0, 0, 0, 0, 0, 2 * k)).view(n, padded_height, patch_size, width, patch_size)
-    out = band[:, :height].permute(0, 2, 4, 1, 3)  # (n, P_u, P_v, H, W)
-    return out.reshape(*lead, patch_size, patch_size, height, width)
+    n = math.prod(lead)
+    out = _BandCorrelation.apply(
+        a.reshape(n, channels, height, width), b.reshape(n, channels, height, width), patch_size
+    )  # (n, H, W, P, P)
+    return out.permute(0, 3, 4, 1, 2).reshape(*lead, patch_size, patch_size, height, width)
+
+
+def _column_blocks(width: int, patch_size: int) -> tuple[int, int]:
+    """``(blocks, block_width)`` for ``_BandCorrelation``: blocks about ``max(P - 1, 8)`` columns wide.
+
+    Each block of ``wb`` output columns needs ``wb + P - 1`` columns of ``b``, so the matrix product does
+    ``(wb + P - 1) / P`` times the necessary work: narrow blocks waste less, but very narrow ones make
+    matrix products too small to run fast. ``P - 1`` (8 for P = 9) measured best on CPU.
+    """
+    target = max(patch_size - 1, 8)
+    blocks = max(1, math.ceil(width / target))
+    return blocks, math.ceil(width / blocks)
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the products run in: the autocast dtype when autocast is on, else the inputs' common one."""
+    device = tensors[0].device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.result_type(*tensors)
+
+
+def _band(scores: torch.Tensor, n: int, height: int, blocks: int, patch_size: int) -> torch.Tensor:
+    """The diagonal band of ``scores`` as ``(n, H, blocks, wb, P, P)``: a strided view, no copy.
+
+    ``scores[r, x, u * (wb + P - 1) + x + v]`` compares column ``x`` of a-row ``r`` with displacement
+    ``(u, v)``; a-row ``r = (sample * blocks + block) * (H + k) + y``.
+    """
+    rows_per_unit = height + patch_size // 2
+    _, block_width, length = scores.shape
+    s0, s1, _ = scores.stride()
+    return scores.as_strided(
+        (n, height, blocks, block_width, patch_size, patch_size),
+        (blocks * rows_per_unit * s0, s0, rows_per_unit * s0, s1 + 1, length // patch_size, 1),
+    )
+
+
+class _BandCorrelation(torch.autograd.Function):
+    """``local_correlation`` of ``(n, C, H, W)`` maps, ``(n, H, W, P, P)`` out, as one batched product.
+
+    Layout (channels last, ``k = P // 2``): the columns are cut into ``blocks`` of ``wb``; a "unit" is one
+    block of one sample. ``a_rows`` holds every unit's ``H`` rows followed by ``k`` zero rows,
+    ``b_rows`` every unit's ``k`` zero rows followed by its ``H`` rows, each ``wb + 2k`` columns wide
+    (the block and ``k`` neighbours either side). Units follow each other with the same ``H + k`` row
+    pitch, so a-row ``r`` meets b-rows ``r .. r + P - 1``: the rows it needs, with the zero rows of the
+    same or the next unit standing in for the neighbours beyond the top and bottom edges. Those ``P``
+    rows are contiguous in memory, so one overlapping ``as_strided`` view gives every a-row its
+    ``(P * (wb + 2k), C)`` window and a single ``bmm`` computes all products; the output is the band
+    ``x' = x + v`` of each ``(wb, P * (wb + 2k))`` result. The backward pass uses the same two tricks:
+    ``grad_a`` is the band scattered into zeros times the same windows; ``grad_b`` gathers, for every
+    b-row, the ``P`` a-rows that read it (again one overlapping window) against the scattered gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """``(n, C, H, W)`` maps -> ``(n, H, W, P, P)`` correlation."""
+        n, channels, height, width = a.shape
+        k = patch_size // 2
+        blocks, block_width = _column_blocks(width, patch_size)
+        padded_width = blocks * block_width
+        rows_per_unit = height + k
+        ctx.input_dtypes = (a.dtype, b.dtype)
+        dtype = _compute_dtype(a, b)
+        a, b = a.to(dtype), b.to(dtype)
+        if padded_width != width:
+            a, b = F.pad(a, (0, padded_width - width)), F.pad(b, (0, padded_width - width))
+        units = n * blocks * rows_per_unit
+        # a: P - 1 zero rows before and k after the units, so that the backward pass can read windows of
+        # P rows ending at every row in place; only those and the k zero rows of each unit are cleared.
+        a_store = a.new_empty(patch_size - 1 + units + k, block_width, channels)
+        a_store[: patch_size - 1].zero_()
+        a_store[patch_size - 1 + units :].zero_()
+        a_rows = a_store[patch_size - 1 : patch_size - 1 + units]
+        a_units = a_rows.view(n, blocks, rows_per_unit, block_width, channels)
+        a_units[:, :, :height] = a.view(n, channels, height, blocks, block_width).permute(0, 3, 2, 4, 1)
+        a_units[:, :, height:].zero_()
+        b_rows = _block_rows(b, blocks, block_width, k)
+        rows = units - k  # the last unit's k zero rows need no products
+        scores = torch.bmm(a_rows[:rows], _windows(b_rows, rows, patch_size).transpose(1, 2))
+        out = _band(scores, n, height, blocks, patch_size).contiguous()  # the only copy of the output
+        out = out.view(n, height, padded_width, patch_size, patch_size)
+        if padded_width != width:
+            out = out[:, :, :width].contiguous()
+        ctx.save_for_backward(a_store, b_rows)
+        ctx.geometry = (n, channels, height, width, patch_size)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        """Gradients of both maps from the gradient of the correlation."""
+        a_store, b_rows = ctx.saved_tensors
+        n, channels, height, width, patch_size = ctx.geometry
+        k = patch_size // 2
+        blocks, block_width = _column_blocks(width, patch_size)
+        padded_width = blocks * block_width
+        window_width = block_width + 2 * k
+        rows_per_unit = height + k
+        unit_rows = n * blocks * rows_per_unit
+        grad = grad.to(a_store.dtype)
+        if padded_width != width:
+            grad = F.pad(grad, (0, 0, 0, 0, 0, padded_width - width))
+        grad = grad.view(n, height, blocks, block_width, patch_size, patch_size)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            rows = unit_rows - k
+            spread = grad.new_zeros(rows, block_width, patch_size * window_width)
+            _band(spread, n, height, blocks, patch_size).copy_(grad)
+            grad_rows = torch.bmm(spread, _windows(b_rows, rows, patch_size))  # (rows, wb, C)
+            grad_rows = F.pad(grad_rows, (0, 0, 0, 0, 0, k)).view(n, blocks, rows_per_unit, block_width, -1)
+            grad_a = (
+                grad_rows[:, :, :height].permute(0, 4, 2, 1, 3).reshape(n, channels, height, padded_width)
+            )
+            grad_a = grad_a[..., :width].to(ctx.input_dtypes[0])
+            del spread, grad_rows  # before the next scores-sized buffer: a lower peak
+        if ctx.needs_input_grad[1]:
+            # b-row rho, column t gets sum over (u, x) of grad[a-row rho - u, x, u, t - x] * a[rho - u, x].
+            # Scatter the gradient into (rho, t, P - 1 - u, x) so that, for every rho, the P a-rows
+            # rho - P + 1 .. rho form one contiguous window of a (after P - 1 leading zero rows).
+            rows = unit_rows + k  # the last unit's bottom neighbours spill k rows past it
+            spread = grad.new_zeros(rows, window_width, patch_size, block_width)
+            t0, t1, t2, t3 = spread.stride()
+            spread.as_strided(
+                grad.shape,
+                (blocks * rows_per_unit * t0, t0, rows_per_unit * t0, t1 + t3, t0 - t2, t1),
+                (patch_size - 1) * t2,
+            ).copy_(grad)
+            grad_units = torch.bmm(spread.view(rows, window_width, -1), _windows(a_store, rows, patch_size))
+            del spread
+            grad_units = grad_units[:unit_rows]
+            grad_units = grad_units.view(n, blocks, rows_per_unit, window_width, channels)[:, :, k:]
+            grad_b = _overlap_add_columns(grad_units, block_width)[:, :, k : k + width]
+            grad_b = grad_b.permute(0, 3, 1, 2).to(ctx.input_dtypes[1])
+        return grad_a, grad_b, None
+
+
+def _block_rows(b: torch.Tensor, blocks: int, block_width: int, k: int) -> torch.Tensor:
+    """``b`` ``(n, C, H, blocks * wb)`` as the b-rows of ``_BandCorrelation``: ``(units * (H + k) + k + 1,
+    wb + 2k, C)``.
+
+    Every unit is ``k`` zero rows, then the block's ``H`` rows with ``k`` neighbour columns either side
+    (zeros beyond the map); ``k + 1`` zero rows close the store (the last unit's bottom neighbours and
+    the end of the last window). Written in a few strided copies; only the zero parts are cleared.
+    """
+    n, channels, height, _ = b.shape
+    rows_per_unit = height + k
+    units = n * blocks * rows_per_unit
+    b_rows = b.new_empty(units + k + 1, block_width + 2 * k, channels)
+    b_rows[units:].zero_()
+    b_units = b_rows[:units].view(n, blocks, rows_per_unit, block_width + 2 * k, channels)
+    b_units[:, :, :k].zero_()
+    body = b_units[:, :, k:]  # (n, blocks, H, wb + 2k, C)
+    if block_width < k:  # neighbours reach past the next block: cut them from a padded copy
+        padded = F.pad(b, (k, k))
+        body.copy_(padded.unfold(3, block_width + 2 * k, block_width).permute(0, 3, 2, 4, 1))
+        return b_rows
+    by_block = b.view(n, channels, height, blocks, block_width).permute(
+        0, 3, 2, 4, 1
+    )  # (n, blocks, H, wb, C)
+    body[:, :, :, k : k + block_width] = by_block
+    body[:, 1:, :, :k] = by_block[:, :-1, :, block_width - k :]  # left neighbours: end of the block before
+    body[:, :1, :, :k].zero_()
+    body[:, :-1, :, k + block_width :] = by_block[:, 1:, :, :k]  # right neighbours: start of the next one
+    body[:, -1:, :, k + block_width :].zero_()
+    return b_rows
+
+
+def _windows(row_store: torch.Tensor, rows: int, patch_size: int) -> torch.Tensor:
+    """Entry ``r`` is rows ``r .. r + P - 1`` of ``(R, width, C)`` as one ``(P * width, C)`` matrix.
+
+    Consecutive windows overlap in memory (a strided view, no copy); ``bmm`` reads them in place.
+    """
+    _, width, channels = row_store.shape
+    return row_store.as_strided((rows, patch_size * width, channels), (width * channels, channels, 1))
+
+
+def _overlap_add_columns(units: torch.Tensor, block_width: int) -> torch.Tensor:
+    """Sum overlapping column blocks ``(n, blocks, H, wb + 2k, C)`` into ``(n, H, blocks * wb + 2k, C)``.
+
+    Block ``j`` starts at column ``j * wb``; it is added in pieces of ``wb`` columns so that each piece
+    of all blocks lands, side by side, in one slice (a few adds, whatever the number of blocks).
+    """
+    n, blocks, height, window_width, channels = units.shape
+    pieces = math.ceil(window_width / block_width)
+    total = units.new_zeros(n, height, (blocks + pieces - 1) * block_width, channels)
+    for piece in range(pieces):
+        part = units[:, :, :, piece * block_width : (piece + 1) * block_width]
+        part = F.pad(part, (0, 0, 0, block_width - part.shape[3]))
+        start = piece * block_width
+        total[:, :, start : start + blocks * block_width] += part.permute(0, 2, 1, 3, 4).reshape(
+            n, height, blocks * block_width, channels
+        )
+    return total
 
 
 def local_correlation_reference(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> torch.Tensor:

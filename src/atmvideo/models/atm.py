@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,23 @@ class CorrelationEncoder(nn.Module):
     Independently at every (pair, frame, y, x): 3x3 convs ``1 -> 4`` (stride 1), ``4 -> 16`` (stride 2),
     ``16 -> 64`` (stride 2), then a convolution as large as what is left (3x3 for P = 9), no padding,
     ``64 -> hidden``; each with BN + ReLU.
+
+    The planes are tiny (9 x 9) and there are millions of them, where convolution kernels are slow. So
+    by default (``fast = True``) the first and last convolutions run as the dense linear maps they are
+    on a flattened plane (``(M, 81) @ (81, 4 * 81)`` and ``(M, 576) @ (576, hidden)``, matrices built
+    from the convolution weights on every call so gradients reach them), the middle two as
+    channels-last convolutions, and in eval mode each BatchNorm is folded into the product before it.
+    Training-mode BatchNorm runs ``F.batch_norm`` with the module's own parameters and buffers on a
+    ``(M, c, h * w)`` or ``(M * h * w, c)`` view of the same numbers, so statistics, running averages
+    and ``num_batches_tracked`` are those of the plain path. Same parameters and state-dict keys, same
+    results (to rounding; ``tests/test_fast_paths.py``); the plain conv path stays for ``fast = False``
+    and for FLOP counting (``ops.architectural_cost``), which must see the architecture's convolutions.
     """
 
     def __init__(self, patch_size: int, hidden: int) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.fast = True
         remaining = math.ceil(math.ceil(patch_size / 2) / 2)  # what two stride-2 convs leave of P x P
         self.layers = nn.Sequential(
             conv_bn_relu(1, 4, 3, stride=1),
@@ -61,13 +73,116 @@ class CorrelationEncoder(nn.Module):
             conv_bn_relu(16, 64, 3, stride=2),
             conv_bn_relu(64, hidden, remaining, padding=0),
         )
+        # Where each weight of the first conv goes in its dense matrix; not saved in checkpoints.
+        self.register_buffer("_taps", _conv_taps(patch_size, 3), persistent=False)
 
     def forward(self, correlation: torch.Tensor) -> torch.Tensor:
-        """``(N, P, P, H, W) -> (N, hidden, H, W)``."""
+        """``(N, P, P, H, W) -> (N, hidden, H, W)`` (a channels-last view)."""
         n, p, _, height, width = correlation.shape
-        planes = correlation.permute(0, 3, 4, 1, 2).reshape(n * height * width, 1, p, p)
-        encoded = self.layers(planes)  # (N*H*W, hidden, 1, 1)
+        # A view when the correlation comes from ops.local_correlation (stored (N, H, W, P, P)).
+        planes = correlation.permute(0, 3, 4, 1, 2).reshape(n * height * width, p * p)
+        if self.fast and not atm_ops.architectural_cost_enabled():
+            encoded = self._encode_fast(planes)
+        else:
+            encoded = self.layers(planes.view(-1, 1, p, p)).flatten(1)
         return encoded.view(n, height, width, -1).permute(0, 3, 1, 2)
+
+    def _encode_fast(self, planes: torch.Tensor) -> torch.Tensor:
+        """``(M, P * P) -> (M, hidden)``: the conv stack as two dense products around two small convs."""
+        first, second, third, last = self.layers
+        p = self.patch_size
+        m = planes.shape[0]
+        # Layer 1 as (M, P*P) @ (P*P, 4*P*P); its columns in (c, y, x) order give a (M, 4, P, P) NCHW map.
+        conv = first[0]
+        weight = F.pad(conv.weight.flatten(1), (0, 1))  # (4, 9 + 1): a zero for "no tap"
+        matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)  # (P*P in, 4 * P*P out)
+        x = _linear_bn_relu(planes, matrix, first[1]).view(m, conv.out_channels, p, p)
+        # Layers 2 and 3: real convolutions, channels-last (measured fastest for 4 -> 16 and 16 -> 64).
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = _conv_bn_relu(x, second[0], second[1])
+        x = _conv_bn_relu(x, third[0], third[1])
+        # Layer 4 covers the whole remaining map: a dense (M, r*r*64) @ (r*r*64, hidden) in (y, x, c) order.
+        weight = last[0].weight
+        matrix = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+        return _linear_bn_relu(x.permute(0, 2, 3, 1).reshape(m, -1), matrix, last[1])
+
+
+def _conv_taps(size: int, kernel: int) -> torch.Tensor:
+    """``taps[i, o]``: the tap of a stride-1, same-padded ``kernel x kernel`` conv on a ``size x size`` map
+    that links input position ``i`` to output position ``o``, or ``kernel**2`` where none does."""
+    pos = torch.arange(size)
+    offset = pos.view(-1, 1) - pos.view(1, -1) + kernel // 2  # (input, output) -> tap coordinate
+    valid = (offset >= 0) & (offset < kernel)
+    taps = offset.view(size, 1, size, 1) * kernel + offset.view(1, size, 1, size)
+    inside = valid.view(size, 1, size, 1) & valid.view(1, size, 1, size)
+    return torch.where(inside, taps, kernel * kernel).view(size * size, size * size)
+
+
+def _folded_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eval-mode BatchNorm as ``(scale, shift)`` per channel, or ``None`` when it uses batch statistics."""
+    if bn.training or bn.running_mean is None or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _linear_bn_relu(x: torch.Tensor, matrix: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(bn(x @ matrix))``; the ``c * s`` columns of ``matrix`` are ``c`` channels of ``s`` values."""
+    channels = bn.num_features
+    folded = _folded_bn(bn)
+    if folded is not None:
+        scale, shift = folded
+        per_column = matrix.shape[1] // channels
+        return torch.addmm(
+            shift.repeat_interleave(per_column), x, matrix * scale.repeat_interleave(per_column)
+        ).relu_()
+    y = x @ matrix
+    return F.relu(_batch_norm(y.view(y.shape[0], channels, -1), bn), inplace=True).view_as(y)
+
+
+def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(bn(conv(x)))``; in eval mode the BatchNorm is folded into the convolution's weight and bias."""
+    folded = _folded_bn(bn)
+    if folded is not None:
+        scale, shift = folded
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if conv.bias is None else shift + conv.bias * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups).relu_()
+    y = conv(x)
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        # A channels-last map is a (N*H*W, C) matrix: the 2-D batch-norm kernel is faster on it (CPU).
+        flat = F.relu(_batch_norm(y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]), bn), inplace=True)
+        return flat.view(y.shape[0], *y.shape[2:], -1).permute(0, 3, 1, 2)
+    return F.relu(_batch_norm(y, bn), inplace=True)
+
+
+def _batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(x)`` for any ``(N, C, ...)`` layout: what ``nn.BatchNorm2d.forward`` does, without its 4-D check.
+
+    Same statistics (over every axis but C), same running-buffer update and ``num_batches_tracked``.
+    """
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_running = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean if keep_running else None,
+        bn.running_var if keep_running else None,
+        bn.weight,
+        bn.bias,
+        use_batch_stats,
+        factor,
+        bn.eps,
+    )
 
 
 def build_extractor(kind: str, hidden: int) -> nn.Sequential:
@@ -108,16 +223,44 @@ class OperationBranch(nn.Module):
         self.fuse = conv_bn_relu(len(self.offsets) * hidden, hidden, 3)
 
     def forward(self, reduced: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Fused cue features of every frame, same shape as ``reduced``."""
+        """Fused cue features of every frame, same shape (and memory format) as ``reduced``."""
         n, hidden, height, width = reduced.shape
+        pairs = len(self.offsets)
         clip = reduced.view(n // num_frames, num_frames, hidden, height, width)
-        context = atm_ops.span_context(clip, self.offsets)  # (B, T, Z', D, h, w)
-        cue = atm_ops.arithmetic(self.op, clip.unsqueeze(2), context, self.patch_size)
-        cue = cue.flatten(0, 2)  # (B*T*Z', D, h, w), or (B*T*Z', P, P, h, w) for mul
+        fast = not atm_ops.architectural_cost_enabled()
+        if self.op == "mul" and fast:
+            # Normalise every frame once, not once per pair (the zero frames of the padding stay zero).
+            clip = atm_ops.l2_normalize_channels(clip)
+            context = atm_ops.span_context(clip, self.offsets)  # (B, T, Z', D, h, w)
+            cue = atm_ops.local_correlation(clip.unsqueeze(2).expand_as(context), context, self.patch_size)
+        else:
+            context = atm_ops.span_context(clip, self.offsets)
+            cue = atm_ops.arithmetic(self.op, clip.unsqueeze(2), context, self.patch_size)
         if self.encoder is not None:
-            cue = self.encoder(cue)
-        cue = self.extractor(cue)
-        return self.fuse(cue.reshape(n, len(self.offsets) * hidden, height, width))
+            cue = self.encoder(cue.flatten(0, 2))  # (B*T*Z', D, h, w), a channels-last view
+        else:
+            # One copy into channels-last (B*T*Z', D, h, w): the small 3x3 convs run faster that way.
+            cue = cue.permute(0, 1, 2, 4, 5, 3).reshape(-1, height, width, hidden).permute(0, 3, 1, 2)
+        cue = _conv_blocks(self.extractor, cue, fast)
+        # Pair axis into channels, (B*T, Z'*D, h, w) with channel z * D + d, again channels-last.
+        cue = cue.permute(0, 2, 3, 1).reshape(n, pairs, height, width, hidden).permute(0, 2, 3, 1, 4)
+        cue = cue.reshape(n, height, width, pairs * hidden).permute(0, 3, 1, 2)
+        fused = _conv_blocks((self.fuse,), cue, fast)
+        return fused.contiguous(memory_format=_memory_format(reduced))
+
+
+def _conv_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """Run ``conv_bn_relu`` blocks one after the other; ``fast`` folds eval-mode BN into the convolution."""
+    for block in blocks:
+        x = _conv_bn_relu(x, block[0], block[1]) if fast else block(x)
+    return x
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a tensor stored that way (and not also plainly contiguous), else contiguous."""
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 class ATM(TemporalModule):

@@ -1,0 +1,194 @@
+"""The fast paths (band correlation, dense-matrix correlation encoder, folded BatchNorm, channels-last
+branches) give the results and gradients of the plain definitions, in float64, train and eval mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from atmvideo import ops
+from atmvideo.models import ATM
+from atmvideo.models.atm import CorrelationEncoder
+
+
+def randomise_batch_norms(module: torch.nn.Module) -> None:
+    """Non-trivial BN statistics and affine parameters, so that folding them is actually tested."""
+    generator = torch.Generator().manual_seed(7)
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.rand(bn.num_features, generator=generator) - 0.5)
+                bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+                bn.weight.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+                bn.bias.copy_(torch.rand(bn.num_features, generator=generator) - 0.5)
+
+
+def gradients(output: torch.Tensor, inputs: list[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``<output, g>`` for a fixed random ``g``."""
+    g = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed), dtype=output.dtype)
+    return torch.autograd.grad(output, inputs, g)
+
+
+@pytest.mark.parametrize("patch", [1, 3, 5, 9])
+@pytest.mark.parametrize(("height", "width"), [(14, 14), (5, 13), (24, 24), (3, 2), (7, 16)])
+def test_band_correlation_and_gradients_match_reference(patch: int, height: int, width: int) -> None:
+    torch.manual_seed(patch + height * width)
+    a = torch.randn(2, 3, 4, height, width, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, 4, height, width, dtype=torch.float64, requires_grad=True)
+    fast = ops.local_correlation(a, b, patch)
+    slow = ops.local_correlation_reference(a, b, patch)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    for got, want in zip(gradients(fast, [a, b]), gradients(slow, [a, b]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 13, 17, 28])
+def test_band_correlation_every_column_blocking(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of every width, including ones that do not divide the map and ones narrower than P - 1."""
+    a = torch.randn(3, 2, 4, width, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 2, 4, width, dtype=torch.float64, requires_grad=True)
+    slow = ops.local_correlation_reference(a, b, 5)
+    want = gradients(slow, [a, b])
+    for block in range(1, width + 2):
+        monkeypatch.setattr(ops, "_column_blocks", lambda w, p, block=block: (-(-w // block), block))
+        fast = ops.local_correlation(a, b, 5)
+        torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+        for got, expected in zip(gradients(fast, [a, b]), want, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-12)
+
+
+def test_band_correlation_gradcheck() -> None:
+    a = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: ops.local_correlation(x, y, 5), (a, b))
+
+
+def test_band_correlation_one_input_needs_grad() -> None:
+    a = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    (grad,) = gradients(ops.local_correlation(a, b, 3), [a])
+    (want,) = gradients(ops.local_correlation_reference(a, b, 3), [a])
+    torch.testing.assert_close(grad, want)
+
+
+def test_band_correlation_output_is_a_view_of_planes() -> None:
+    """The encoder reads (N, H, W, P, P) planes without a copy."""
+    out = ops.local_correlation(torch.randn(4, 8, 6, 7), torch.randn(4, 8, 6, 7), 3)
+    assert out.shape == (4, 3, 3, 6, 7)
+    assert out.permute(0, 3, 4, 1, 2).is_contiguous()
+
+
+def test_band_correlation_bfloat16_autocast() -> None:
+    a, b = torch.randn(4, 16, 9, 9), torch.randn(4, 16, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.local_correlation(a, b, 9)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ops.local_correlation_reference(a, b, 9), rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize(("patch", "hidden"), [(9, 64), (3, 6), (5, 8), (7, 16), (1, 4)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_encoder_fast_path_matches_convolutions(patch: int, hidden: int, mode: str) -> None:
+    torch.manual_seed(patch)
+    fast = CorrelationEncoder(patch, hidden).double()
+    randomise_batch_norms(fast)
+    plain = copy.deepcopy(fast)
+    plain.fast = False
+    getattr(fast, mode)()
+    getattr(plain, mode)()
+    x = torch.randn(3, patch, patch, 4, 5, dtype=torch.float64)
+    x_fast, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast, out_plain = fast(x_fast), plain(x_plain)
+    assert out_fast.shape == (3, hidden, 4, 5)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
+    got = gradients(out_fast, [x_fast, *fast.parameters()])
+    want = gradients(out_plain, [x_plain, *plain.parameters()])
+    for g_fast, g_plain in zip(got, want, strict=True):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=1e-10)
+    # Same keys, same running statistics and batch counters afterwards.
+    fast_state, plain_state = fast.state_dict(), plain.state_dict()
+    assert list(fast_state) == list(plain_state)
+    for key in fast_state:
+        torch.testing.assert_close(fast_state[key], plain_state[key], rtol=1e-10, atol=1e-12)
+
+
+def test_encoder_momentum_none_uses_cumulative_average() -> None:
+    fast = CorrelationEncoder(3, 4).double()
+    for bn in fast.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = None
+    plain = copy.deepcopy(fast)
+    plain.fast = False
+    for _ in range(2):
+        x = torch.randn(2, 3, 3, 2, 2, dtype=torch.float64)
+        fast(x), plain(x)
+    for (key, got), want in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, msg=key)
+
+
+@pytest.mark.parametrize("style", ["atm", "parallel", "cascade"])
+@pytest.mark.parametrize("extractor", ["conv", "mlp"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_atm_fast_paths_match_textbook_ops(style: str, extractor: str, mode: str) -> None:
+    """The whole module against its textbook form (shift-loop correlation, plain conv modules)."""
+    torch.manual_seed(3)
+    atm = ATM(8, num_frames=4, hidden=6, patch_size=5, style=style, extractor=extractor, downsample=True)
+    atm = atm.double()
+    randomise_batch_norms(atm)
+    for projection in atm.project:
+        torch.nn.init.normal_(projection.weight, std=0.5)
+    textbook = copy.deepcopy(atm)
+    getattr(atm, mode)()
+    getattr(textbook, mode)()
+    x = torch.randn(8, 8, 9, 7, dtype=torch.float64)
+    x_fast, x_slow = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast = atm(x_fast)
+    with ops.architectural_cost():
+        out_slow = textbook(x_slow)
+    assert out_fast.is_contiguous()
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-10, atol=1e-10)
+    got = gradients(out_fast, [x_fast, *atm.parameters()])
+    with ops.architectural_cost():
+        want = gradients(out_slow, [x_slow, *textbook.parameters()])
+    for g_fast, g_slow in zip(got, want, strict=True):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-5, atol=1e-9)
+
+
+def test_atm_bfloat16_autocast_runs() -> None:
+    torch.manual_seed(0)
+    atm = ATM(8, num_frames=4, hidden=6, patch_size=3)
+    for projection in atm.project:
+        torch.nn.init.normal_(projection.weight, std=0.5)
+    x = torch.randn(8, 8, 6, 6, requires_grad=True)
+    reference = atm(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = atm(x)
+    assert out.dtype in (torch.float32, torch.bfloat16)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, rtol=0.1, atol=0.25)
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.slow
+def test_atm_under_torch_compile_matches_eager() -> None:
+    """Compiles a tiny ATM (inductor, CPU: a C++ compiler is needed, a minute or two)."""
+    torch.manual_seed(0)
+    atm = ATM(8, num_frames=4, hidden=6, patch_size=3).double()
+    randomise_batch_norms(atm)
+    for projection in atm.project:
+        torch.nn.init.normal_(projection.weight, std=0.5)
+    compiled_atm = copy.deepcopy(atm)
+    compiled = torch.compile(compiled_atm)
+    x = torch.randn(8, 8, 6, 6, dtype=torch.float64)
+    for mode in ("eval", "train"):
+        getattr(atm, mode)()
+        getattr(compiled_atm, mode)()
+        x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_eager, out_compiled = atm(x_eager), compiled(x_compiled)
+        torch.testing.assert_close(out_compiled, out_eager, rtol=1e-9, atol=1e-9)
+        (g_eager,) = gradients(out_eager, [x_eager])
+        (g_compiled,) = gradients(out_compiled, [x_compiled])
+        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-6, atol=1e-9)

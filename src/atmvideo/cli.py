@@ -8,7 +8,19 @@ import sys
 from collections.abc import Sequence
 
 # Each module defines ``register(subparsers)`` that adds its parser and sets ``func``.
-COMMAND_MODULES: tuple[str, ...] = ("atmvideo.commands.flops",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "atmvideo.commands.flops",
+    "atmvideo.commands.make_synthetic",
+    "atmvideo.commands.prepare",
+    "atmvideo.commands.train",
+    "atmvideo.commands.eval",
+    "atmvideo.commands.predict",
+    "atmvideo.commands.recipes",
+    "atmvideo.commands.demo",
+    "atmvideo.commands.visualize",
+    "atmvideo.commands.export",
+    "atmvideo.commands.report",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,6 +121,17 @@ def test_overrides_are_parsed_as_yaml_and_applied_in_order():
     assert cfg.model.kwargs == {"norm_layer": "groupnorm"}
 
 
+def test_text_fields_take_the_text_as_written():
+    cfg = resolve_config(
+        None,
+        ["data.flip_label_map=6:7", "data.root=2024-01-01", "data.train='x y.txt'", "model.atm_ops=mul,sub"],
+    )
+    assert cfg.data.flip_label_map == "6:7"  # not YAML's base-60 number 367
+    assert cfg.data.root == "2024-01-01" and cfg.data.train == "x y.txt" and cfg.model.atm_ops == "mul,sub"
+    assert resolve_config(None, ["model.atm_ops=null"]).model.atm_ops is None
+    assert resolve_config(None, ["data.labels="]).data.labels == ""
+
+
 def test_set_flag_takes_several_items_and_repeats():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)

@@ -346,18 +346,48 @@ def load_config(name_or_path: str | Path | None) -> RunConfig:
     return cfg
 
 
+def _field_type(cfg: RunConfig, dotted: str) -> Any:
+    """Schema type of ``section.key``, or None when there is no such field."""
+    owner: Any = cfg
+    *sections, name = dotted.split(".")
+    for part in sections:
+        owner = getattr(owner, part, None)
+        if owner is None or not dataclasses.is_dataclass(owner):
+            return None
+    if not dataclasses.is_dataclass(owner) or name not in _valid_keys(type(owner)):
+        return None
+    return get_type_hints(type(owner))[name]
+
+
+def _parse_value(raw: str, tp: Any) -> Any:
+    """A ``--set`` value: YAML, except for text fields, which take the text as written.
+
+    YAML would turn ``data.flip_label_map=6:7`` into the base-60 number 367 and a file named
+    ``2024-01-01`` into a date; a text field wants neither.
+    """
+    text = raw.strip()
+    if tp is str or tp == (str | None):
+        if tp is not str and text in ("", "null", "~", "None"):
+            return None
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
+    if not text:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return raw  # not YAML (an odd path, say): the type check decides
+
+
 def apply_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
-    """Apply ``a.b=value`` items in order; each value is parsed as a YAML scalar or list."""
+    """Apply ``a.b=value`` items in order; values are parsed as YAML scalars or lists (text as written)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.02")
         key, raw = item.split("=", 1)
         key = key.strip()
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw  # not YAML (e.g. an odd path): take it as a string
-        _set_value(cfg, key, value, f"--set {item!r}")
+        _set_value(cfg, key, _parse_value(raw, _field_type(cfg, key)), f"--set {item!r}")
     validate_config(cfg)
     return cfg
 

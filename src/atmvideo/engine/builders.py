@@ -10,13 +10,18 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from atmvideo.engine.config import ConfigError, ModelConfig, RunConfig, parse_views
 from atmvideo.engine.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from atmvideo.data import VideoDataset
 
 __all__ = [
     "build_criterion",
@@ -80,7 +85,7 @@ def build_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True) 
 
 def build_dataset_for(
     cfg: RunConfig, split: str, *, train: bool, views: str = "1x1", num_frames: int | None = None
-):
+) -> VideoDataset:
     """``atmvideo.data.build_dataset`` for one split with the run's clip length and test views.
 
     A recipe names the decoder of its dataset (JPEG frames for SSv1, videos elsewhere); when the
@@ -147,7 +152,7 @@ def _num_workers(cfg: RunConfig) -> int:
     return min(wanted, max(1, (os.cpu_count() or 1) // local_processes))
 
 
-def build_train_loader(cfg: RunConfig, dataset: Any, dist: DistInfo):
+def build_train_loader(cfg: RunConfig, dataset: VideoDataset, dist: DistInfo) -> DataLoader:
     """Shuffled, seeded training loader of per-process batches (the sampler reshuffles every epoch)."""
     from atmvideo.data import build_loader
 
@@ -188,7 +193,7 @@ def eval_videos_per_batch(cfg: RunConfig, views: str, world_size: int) -> int:
     return max(1, clips // (crops * n_clips))
 
 
-def build_eval_loader(cfg: RunConfig, dataset: Any, dist: DistInfo, views: str):
+def build_eval_loader(cfg: RunConfig, dataset: VideoDataset, dist: DistInfo, views: str) -> DataLoader:
     """Evaluation loader: every sample exactly once over all processes (no padding), in order."""
     from atmvideo.data import build_loader
 
@@ -203,7 +208,7 @@ def build_eval_loader(cfg: RunConfig, dataset: Any, dist: DistInfo, views: str):
     )
 
 
-def train_mixup(cfg: RunConfig, num_classes: int):
+def train_mixup(cfg: RunConfig, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
     """The Mixup/CutMix callable of the training recipe, or None when both are off."""
     t = cfg.train
     if t.mixup_alpha <= 0 and t.cutmix_alpha <= 0:

@@ -22,7 +22,14 @@ from torch import nn
 from atmvideo.engine import builders
 from atmvideo.engine import metrics as M
 from atmvideo.engine.checkpoint import load_checkpoint
-from atmvideo.engine.config import RunConfig, config_from_dict, dump_config, parse_views
+from atmvideo.engine.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    parse_views,
+    resolve_config,
+)
 from atmvideo.engine.distributed import DistInfo
 from atmvideo.engine.evaluate import Predictions, score_dataset, summarize, write_evaluation_files
 from atmvideo.engine.outputs import RunLogger, atomic_write_text
@@ -190,8 +197,6 @@ def predict_video(
 
 def resolved_eval_config(config: str | None, overrides: Sequence[str], checkpoint: str | Path) -> RunConfig:
     """``--config`` + ``--set``, or (without ``--config``) the first checkpoint's own config + ``--set``."""
-    from atmvideo.engine.config import apply_overrides, resolve_config
-
     if config:
         return resolve_config(config, overrides)
     ckpt = load_checkpoint(checkpoint)

@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ class _SkipBatches:
         self.batch_sampler = batch_sampler
         self.skip = skip
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         return itertools.islice(iter(self.batch_sampler), self.skip, None)
 
     def __len__(self) -> int:
@@ -325,8 +326,8 @@ class Trainer:
         if self._resume_rng is not None:
             restore_rng_state(self._resume_rng)
             self._resume_rng = None
-        # creating the iterator draws a worker seed from torch's RNG; keep the training stream
-        # independent of that so a resumed run replays the same random numbers
+        # creating an iterator may draw a worker seed from torch's global RNG (loaders without a
+        # generator of their own): keep the training stream independent of it for exact resumes
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             batches = iter(loader)
         micro_total = self.steps_per_epoch * accum
@@ -360,11 +361,12 @@ class Trainer:
             stats[0] += loss.detach().double() * batch
             stats[1] += batch
             all_reduce_sum(stats)  # every process sees a NaN anywhere, and stops at the same step
-            if not math.isfinite(stats[0].item()):
-                self._stop_on_nonfinite(epoch, stats[0].item())
-            s.loss_sum += stats[0].item()
-            s.loss_count += int(stats[1].item())
-            clips_seen += int(stats[1].item())
+            loss_sum, count = stats.tolist()  # the one host sync of a step
+            if not math.isfinite(loss_sum):
+                self._stop_on_nonfinite(epoch, loss_sum)
+            s.loss_sum += loss_sum
+            s.loss_count += int(count)
+            clips_seen += int(count)
             bar.update(1)
             if not last_micro:
                 continue
@@ -379,9 +381,7 @@ class Trainer:
                     loss=f"{s.loss_sum / max(s.loss_count, 1):.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}"
                 )
                 self.logger.log_scalars(
-                    "train",
-                    {"loss": stats[0].item() / stats[1].item(), "lr": lr, "clips_per_s": rate},
-                    s.global_step,
+                    "train", {"loss": loss_sum / count, "lr": lr, "clips_per_s": rate}, s.global_step
                 )
             if (
                 t.save_every_steps
@@ -428,8 +428,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- evaluation
 
-    def evaluate(self, model: nn.Module, desc: str) -> dict[str, Any]:
-        """Metrics of ``model`` on the validation split (on every process); keeps rank 0's predictions."""
+    def evaluate(self, model: nn.Module, desc: str, *, keep_predictions: bool = False) -> dict[str, Any]:
+        """Metrics of ``model`` on the validation split, on every process (rank 0 may keep predictions)."""
         pred = score_dataset(
             model,
             self.val_loader,
@@ -440,7 +440,7 @@ class Trainer:
             desc=desc,
         )
         metrics = summarize(pred, with_map=self.cfg.eval.with_map) if pred is not None else None
-        if pred is not None and desc == "val":
+        if pred is not None and keep_predictions:
             self._last_predictions = pred
         return share_metrics(metrics)
 
@@ -495,7 +495,7 @@ class Trainer:
         s = self.state
         # the plain model, not the DDP wrapper: shards may differ by one batch, and every DDP forward
         # is a collective (buffer broadcast) that would wait forever for the process with fewer batches
-        metrics = self.evaluate(self.model, "val")
+        metrics = self.evaluate(self.model, "val", keep_predictions=True)
         if self.ema is not None and self.cfg.eval.use_ema:
             ema_metrics = self.evaluate(self.ema.module, "val-ema")
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "num_samples"})

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from atmvideo.engine.config import ConfigError
-from atmvideo.engine.runner import setup_logging
+from atmvideo.engine.runner import add_set_argument, setup_logging
 
 _logger = logging.getLogger("atmvideo.demo")
 
@@ -43,15 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--videos", type=int, default=500, help="synthetic training videos (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default 0)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override both demo recipes, e.g. --set train.epochs=4",
-    )
+    add_set_argument(parser, "override both demo recipes, e.g. --set train.epochs=4")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)

@@ -29,6 +29,13 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE ...``: several items per flag, repeatable, collected in ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, *, config_required: bool = True) -> None:
     """``--config`` and ``--set`` (several KEY=VALUE per flag, repeatable) and ``--device``."""
     parser.add_argument(
@@ -37,14 +44,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_required: bo
         metavar="CFG",
         help="a recipe name (list them with `atmvideo recipes`) or the path of a YAML file",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config values, e.g. --set optim.lr=0.02 train.epochs=10 (values parsed as YAML)",
+    add_set_argument(
+        parser, "override config values, e.g. --set optim.lr=0.02 train.epochs=10 (values parsed as YAML)"
     )
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available"

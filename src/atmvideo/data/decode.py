@@ -155,7 +155,8 @@ def _check_file(path: str) -> None:
 # --------------------------------------------------------------------------------------- PyAV
 
 
-def _open_av(path: str):  # -> av.container.InputContainer
+def open_video_container(path: str):  # -> av.container.InputContainer
+    """Open a video with PyAV, or raise ``VideoReadError`` naming the file and the reason."""
     import av
 
     try:
@@ -174,7 +175,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _count_pyav(path: str) -> int:
-    container = _open_av(path)
+    container = open_video_container(path)
     try:
         stream = container.streams.video[0]
         if stream.frames > 0:
@@ -223,7 +224,7 @@ class _Restart(Exception):
 
 def _read_pyav(path: str, wanted: np.ndarray, threads: int) -> tuple[list[np.ndarray], int | None, int]:
     for use_timestamps in (True, False):
-        container = _open_av(path)
+        container = open_video_container(path)
         try:
             return _decode_pyav(container, path, wanted.tolist(), threads, use_timestamps)
         except _Restart:

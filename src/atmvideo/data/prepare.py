@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from atmvideo.data.annotations import VIDEO_EXTENSIONS, Annotations
-from atmvideo.data.decode import count_frames
+from atmvideo.data.decode import count_frames, open_video_container
 from atmvideo.data.errors import VideoReadError
 
 __all__ = ["extract_frames", "find_videos", "resize_video", "run_jobs", "scaled_size", "write_list"]
@@ -49,19 +49,6 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
 
 
-def _open(path: str):
-    import av
-
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except Exception as exc:
-        raise VideoReadError(path, f"cannot open ({exc})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(path, "no video stream")
-    return container
-
-
 def extract_frames(
     video: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -74,7 +61,7 @@ def extract_frames(
     """Write every frame of ``video`` as ``out_dir/template.format(start + i)``; return the frame count."""
     video, out_dir = str(video), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    container = _open(video)
+    container = open_video_container(video)
     count = 0
     try:
         stream = container.streams.video[0]
@@ -129,7 +116,7 @@ def resize_video(
     src, dst = str(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     codec = codec or _encoder()
-    container = _open(src)
+    container = open_video_container(src)
     count = 0
     tmp = dst.with_name(dst.stem + ".part" + dst.suffix)
     try:

@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,12 +52,18 @@ def moving_square(label: int, rng: np.random.Generator, num_frames: int = 8, siz
     return frames[::-1].copy() if label == 1 else frames
 
 
-def make_list_dataset(
-    root: Path, *, train: int, val: int, num_frames: int = 8, size: int = 32, seed: int = 0
+def write_two_class_list_dataset(
+    root: Path,
+    make_frames: Callable[[int, np.random.Generator], np.ndarray],
+    *,
+    train: int,
+    val: int,
+    num_frames: int,
+    seed: int,
 ) -> dict[str, str]:
-    """Write a two-class list-format dataset (``videos/*.mp4`` + ``train.txt`` / ``val.txt``).
+    """Write ``videos/*.mp4`` + ``train.txt`` / ``val.txt`` with labels alternating 0, 1.
 
-    Returns the ``--set`` values that point a recipe at it.
+    ``make_frames(label, rng)`` draws one video; returns the ``--set`` values that point a recipe at it.
     """
     rng = np.random.default_rng(seed)
     videos = root / "videos"
@@ -67,7 +73,7 @@ def make_list_dataset(
         for i in range(count):
             label = i % 2
             name = f"{split}_{i:03d}.mp4"
-            write_mp4(videos / name, moving_square(label, rng, num_frames, size))
+            write_mp4(videos / name, make_frames(label, rng))
             lines.append(f"{name} {num_frames} {label}")
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return {
@@ -77,6 +83,20 @@ def make_list_dataset(
         "data.val": str(root / "val.txt"),
         "model.num_classes": "2",
     }
+
+
+def make_list_dataset(
+    root: Path, *, train: int, val: int, num_frames: int = 8, size: int = 32, seed: int = 0
+) -> dict[str, str]:
+    """A two-class (left vs right) list-format dataset of :func:`moving_square` videos."""
+    return write_two_class_list_dataset(
+        root,
+        lambda label, rng: moving_square(label, rng, num_frames, size),
+        train=train,
+        val=val,
+        num_frames=num_frames,
+        seed=seed,
+    )
 
 
 def tiny_overrides(data: dict[str, str], **extra: object) -> list[str]:
@@ -154,23 +174,14 @@ def make_ramp_dataset(
     root: Path, *, train: int, val: int, num_frames: int = 4, seed: int = 0
 ) -> dict[str, str]:
     """Like :func:`make_list_dataset`, with :func:`brightness_ramp` videos of ``num_frames`` frames."""
-    rng = np.random.default_rng(seed)
-    videos = root / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", train), ("val", val)):
-        lines = []
-        for i in range(count):
-            name = f"{split}_{i:03d}.mp4"
-            write_mp4(videos / name, brightness_ramp(i % 2, rng, num_frames))
-            lines.append(f"{name} {num_frames} {i % 2}")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return {
-        "data.format": "list",
-        "data.root": str(videos),
-        "data.train": str(root / "train.txt"),
-        "data.val": str(root / "val.txt"),
-        "model.num_classes": "2",
-    }
+    return write_two_class_list_dataset(
+        root,
+        lambda label, rng: brightness_ramp(label, rng, num_frames),
+        train=train,
+        val=val,
+        num_frames=num_frames,
+        seed=seed,
+    )
 
 
 @contextmanager

@@ -1,15 +1,18 @@
 """The fast paths (band correlation, dense-matrix correlation encoder, folded BatchNorm, channels-last
-branches) give the results and gradients of the plain definitions, in float64, train and eval mode."""
+branches, shift-and-add T-Conv) give the results and gradients of the plain definitions, in float64,
+train and eval mode."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from atmvideo import ops
-from atmvideo.models import ATM
+from atmvideo.models import ATM, TemporalConv
 from atmvideo.models.atm import CorrelationEncoder
 
 
@@ -192,3 +195,56 @@ def test_atm_under_torch_compile_matches_eager() -> None:
         (g_eager,) = gradients(out_eager, [x_eager])
         (g_compiled,) = gradients(out_compiled, [x_compiled])
         torch.testing.assert_close(g_compiled, g_eager, rtol=1e-6, atol=1e-9)
+
+
+def tconv_by_conv1d(x: torch.Tensor, weight: torch.Tensor, frames: int) -> torch.Tensor:
+    """The T-Conv's definition: a depthwise ``conv1d`` over time at every position (time as last axis)."""
+    channels = weight.shape[0]
+    clip = x.reshape(-1, frames, channels, math.prod(x.shape[2:]))
+    seq = clip.permute(0, 3, 2, 1).reshape(-1, channels, frames)
+    out = F.conv1d(seq, weight, padding=1, groups=channels)
+    out = out.reshape(clip.shape[0], -1, channels, frames).permute(0, 3, 2, 1)
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((12, 8, 5, 3), False), ((12, 8, 5, 3), True), ((12, 8), False), ((3, 8, 2, 2), False)],
+)
+@pytest.mark.parametrize("frames", [1, 3])
+def test_tconv_shift_and_add_matches_conv1d(shape: tuple[int, ...], channels_last: bool, frames: int) -> None:
+    torch.manual_seed(0)
+    tconv = TemporalConv(shape[1], num_frames=frames).double()
+    torch.nn.init.normal_(tconv.weight)
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = tconv(x)
+    want = tconv_by_conv1d(x, tconv.weight, frames)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    got_grads = gradients(out, [x, tconv.weight])
+    want_grads = gradients(want, [x, tconv.weight])
+    for got, expected in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(tconv(x), want)
+
+
+def test_tconv_gradcheck_and_bfloat16_autocast() -> None:
+    torch.manual_seed(0)
+    tconv = TemporalConv(4, num_frames=3).double()
+    torch.nn.init.normal_(tconv.weight)
+    x = torch.randn(6, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tconv, (x,))
+    tconv = tconv.float()
+    x = x.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tconv(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), tconv(x), rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert tconv.weight.grad is not None and tconv.weight.grad.dtype == torch.float32
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -321,11 +321,18 @@ class ATM(TemporalModule):
             nn.init.zeros_(projection.weight)
 
     def _to_input(self, branch: torch.Tensor, projection: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
-        """Project fused cues back to the input channels and, after a downsampling reduce, its size."""
-        branch = projection(branch)
-        if branch.shape[-2:] != size:
-            branch = F.interpolate(branch, size=size, mode="bilinear", align_corners=False)
-        return branch
+        """Project fused cues back to the input channels and, after a downsampling reduce, its size.
+
+        The architecture projects, then upsamples. Both are linear (bilinear interpolation per channel,
+        a bias-free 1x1 convolution per position), so they commute; upsampling the ``hidden`` channels
+        first interpolates ``hidden / C`` as much data (1/2 to 1/32 for ResNets) for a slightly larger
+        projection. ``architectural_cost`` keeps the architecture's order for FLOP counts.
+        """
+        if branch.shape[-2:] == size:
+            return projection(branch)
+        if atm_ops.architectural_cost_enabled() or projection.bias is not None:
+            return F.interpolate(projection(branch), size=size, mode="bilinear", align_corners=False)
+        return projection(F.interpolate(branch, size=size, mode="bilinear", align_corners=False))
 
     def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         out = x + branch

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from atmvideo import ops
-from atmvideo.models import ATM, TemporalConv
+from atmvideo.models import ATM, TemporalConv, _encoder_training
 from atmvideo.models.atm import CorrelationEncoder
 
 
@@ -93,7 +93,13 @@ def test_band_correlation_bfloat16_autocast() -> None:
 
 @pytest.mark.parametrize(("patch", "hidden"), [(9, 64), (3, 6), (5, 8), (7, 16), (1, 4)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_encoder_fast_path_matches_convolutions(patch: int, hidden: int, mode: str) -> None:
+@pytest.mark.parametrize("chunk_planes", [1024, 7])
+def test_encoder_fast_path_matches_convolutions(
+    patch: int, hidden: int, mode: str, chunk_planes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both fast paths (hand-written training pass on a row of planes; chunked evaluation) against the
+    plain convolutions; with 7 planes per chunk the 60 planes make 8 full chunks and a short one."""
+    monkeypatch.setattr(_encoder_training, "CHUNK_PLANES", chunk_planes)
     torch.manual_seed(patch)
     fast = CorrelationEncoder(patch, hidden).double()
     randomise_batch_norms(fast)
@@ -103,6 +109,9 @@ def test_encoder_fast_path_matches_convolutions(patch: int, hidden: int, mode: s
     getattr(plain, mode)()
     x = torch.randn(3, patch, patch, 4, 5, dtype=torch.float64)
     x_fast, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    # The training pass needs odd sizes before both stride-2 layers: P = 9, 5, 1 but not 3 or 7.
+    planes = x.permute(0, 3, 4, 1, 2).reshape(-1, patch * patch)
+    assert _encoder_training.handles(fast.layers, planes, patch) == (mode == "train" and patch in (9, 5, 1))
     out_fast, out_plain = fast(x_fast), plain(x_plain)
     assert out_fast.shape == (3, hidden, 4, 5)
     torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
@@ -117,15 +126,16 @@ def test_encoder_fast_path_matches_convolutions(patch: int, hidden: int, mode: s
         torch.testing.assert_close(fast_state[key], plain_state[key], rtol=1e-10, atol=1e-12)
 
 
-def test_encoder_momentum_none_uses_cumulative_average() -> None:
-    fast = CorrelationEncoder(3, 4).double()
+@pytest.mark.parametrize("patch", [3, 5])  # the autograd path and the hand-written training pass
+def test_encoder_momentum_none_uses_cumulative_average(patch: int) -> None:
+    fast = CorrelationEncoder(patch, 4).double()
     for bn in fast.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             bn.momentum = None
     plain = copy.deepcopy(fast)
     plain.fast = False
     for _ in range(2):
-        x = torch.randn(2, 3, 3, 2, 2, dtype=torch.float64)
+        x = torch.randn(2, patch, patch, 2, 2, dtype=torch.float64)
         fast(x), plain(x)
     for (key, got), want in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want, msg=key)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atmvideo import ops as atm_ops
+from atmvideo.models import _encoder_training
 from atmvideo.models._base import TemporalModule
 
 EXTRACTORS: tuple[str, ...] = ("conv", "fc", "mlp")
@@ -89,14 +90,27 @@ class CorrelationEncoder(nn.Module):
 
     def _encode_fast(self, planes: torch.Tensor) -> torch.Tensor:
         """``(M, P * P) -> (M, hidden)``: the conv stack as two dense products around two small convs."""
+        p = self.patch_size
+        # Layer 1 as (M, P*P) @ (P*P, 4*P*P); its columns in (c, y, x) order give a (M, 4, P, P) NCHW map.
+        weight = F.pad(self.layers[0][0].weight.flatten(1), (0, 1))  # (4, 9 + 1): a zero for "no tap"
+        if _encoder_training.handles(self.layers, planes, p):
+            taps_by_position = weight[:, self._taps].permute(1, 2, 0).reshape(p * p, -1)  # (y, x, c) columns
+            return _encoder_training.encode(planes, taps_by_position, self.layers, p)
+        first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)  # (P*P in, 4 * P*P out)
+        if all(_folded_bn(block[1]) is not None for block in self.layers):
+            # Evaluation: no batch statistics tie the planes together, so each chunk goes through all
+            # four layers while its intermediate maps are still in cache.
+            chunks = planes.split(_encoder_training.CHUNK_PLANES)
+            return torch.cat([self._encode_layers(chunk, first_matrix) for chunk in chunks])
+        return self._encode_layers(planes, first_matrix)
+
+    def _encode_layers(self, planes: torch.Tensor, first_matrix: torch.Tensor) -> torch.Tensor:
+        """The four layers under autograd, BatchNorm folded where it is in eval mode."""
         first, second, third, last = self.layers
         p = self.patch_size
         m = planes.shape[0]
-        # Layer 1 as (M, P*P) @ (P*P, 4*P*P); its columns in (c, y, x) order give a (M, 4, P, P) NCHW map.
         conv = first[0]
-        weight = F.pad(conv.weight.flatten(1), (0, 1))  # (4, 9 + 1): a zero for "no tap"
-        matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)  # (P*P in, 4 * P*P out)
-        x = _linear_bn_relu(planes, matrix, first[1]).view(m, conv.out_channels, p, p)
+        x = _linear_bn_relu(planes, first_matrix, first[1]).view(m, conv.out_channels, p, p)
         # Layers 2 and 3: real convolutions, channels-last (measured fastest for 4 -> 16 and 16 -> 64).
         x = x.contiguous(memory_format=torch.channels_last)
         x = _conv_bn_relu(x, second[0], second[1])

@@ -1,0 +1,355 @@
+"""The correlation encoder's training pass, written out by hand, on planes laid side by side.
+
+The encoder runs four conv + BatchNorm + ReLU layers on millions of tiny ``P x P`` planes. Two things
+make the obvious implementation slow on CPU:
+
+- Convolution kernels handle a batch of thousands of 9x9 or 5x5 images poorly (the backward pass
+  of the ``4 -> 16`` layer runs at a tenth of the speed of a large convolution). Here the planes of a
+  chunk are placed side by side in one row of a wide image, each behind one zero column and between
+  zero rows. A stride-2 convolution without padding over that row computes exactly each plane's
+  padded convolution (the zeros are its padding, shared with the neighbour), as one large
+  convolution; the last layer, whose kernel covers the whole remaining plane, is a convolution with
+  stride equal to its kernel.
+- Under autograd the four layers make about twenty temporaries the size of a whole layer (up to
+  ``M x 576`` floats, 18 MB for one ResNet-18 clip), each a fresh allocation to map and zero and a
+  pass over memory that has left the cache. Here every layer runs chunk by chunk and BatchNorm's batch
+  statistics are merged from per-chunk moments, so normalisation, ReLU and the next convolution meet
+  each chunk while it is in cache. Only the pre-BatchNorm outputs are kept; the backward pass
+  recomputes the ReLU outputs and turns BatchNorm's backward into ``a * g + b * y + c`` per channel,
+  gathering the sums it needs while each gradient chunk is produced.
+
+The arithmetic is that of ``nn.BatchNorm2d`` in training mode: biased variance to normalise,
+unbiased for the running average, the same momentum and ``num_batches_tracked`` rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+CHUNK_PLANES = 1024  # planes per chunk: 2.4 MB for the 16 -> 64 layer's output, about what stays in cache
+
+
+def handles(layers: Sequence[nn.Sequential], planes: torch.Tensor, patch_size: int) -> bool:
+    """Whether ``encode`` applies: BatchNorms in training mode and affine, float32/64, no autocast, and
+    odd map sizes before both stride-2 layers (true for the paper's P = 9: 9 -> 5 -> 3)."""
+    if planes.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+        return False
+    device = planes.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return False
+    if patch_size % 2 == 0 or _halved(patch_size) % 2 == 0:
+        return False
+    return all(block[1].training and block[1].affine for block in layers)
+
+
+def encode(
+    planes: torch.Tensor, first_matrix: torch.Tensor, layers: Sequence[nn.Sequential], patch_size: int
+) -> torch.Tensor:
+    """``(M, P*P) -> (M, hidden)`` in training mode; ``first_matrix`` is layer 1 as a ``(P*P, P*P*4)``
+    matrix with ``(y, x, c)`` columns (built by the caller from the weight, so its gradient flows)."""
+    bns = tuple(block[1] for block in layers)
+    weights = [block[0].weight for block in layers[1:]]
+    affine = [param for bn in bns for param in (bn.weight, bn.bias)]
+    return _EncoderTraining.apply(planes, patch_size, bns, first_matrix, *weights, *affine)
+
+
+def _halved(size: int) -> int:
+    """Output size of a 3x3, stride-2, padding-1 convolution."""
+    return (size + 1) // 2
+
+
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations, merged chunk by chunk (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor, groups: int = 1) -> None:
+        """Merge the moments of ``rows`` ``(N, groups * C)``: each channel's values are in ``groups``
+        columns (the positions of a row when ``groups`` > 1, where ``C`` is too small to vectorise)."""
+        mean, var = (
+            t.double().view(groups, -1) for t in torch.batch_norm_update_stats(rows, None, None, 0.0)
+        )
+        count = rows.shape[0] * groups
+        # Equal counts per column: the mean of the means, and the mean variance plus that of the means.
+        var = var.mean(0) + mean.var(0, correction=0)
+        mean = mean.mean(0)
+        squares = var * count
+        if self.mean is None or self.squares is None:
+            self.count, self.mean, self.squares = count, mean, squares
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.squares = self.squares + squares + delta.square() * (self.count * count / total)
+        self.count = total
+
+    def finish(self, bn: nn.BatchNorm2d, dtype: torch.dtype) -> _Layer:
+        """The layer's batch statistics; updates ``bn``'s running statistics as its forward would."""
+        assert self.mean is not None and self.squares is not None
+        if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+            factor = 0.0 if bn.momentum is None else bn.momentum
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:  # cumulative moving average
+                    factor = 1.0 / float(bn.num_batches_tracked)
+            unbiased = self.squares / max(self.count - 1, 1)
+            bn.running_mean.mul_(1 - factor).add_(self.mean.to(bn.running_mean.dtype), alpha=factor)
+            bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+        invstd = torch.rsqrt(self.squares / self.count + bn.eps)
+        return _Layer(self.mean.to(dtype), invstd.to(dtype), bn, self.count)
+
+
+class _Layer:
+    """One BatchNorm's batch statistics and what its forward and backward need of them."""
+
+    def __init__(self, mean: torch.Tensor, invstd: torch.Tensor, bn: nn.BatchNorm2d, count: int) -> None:
+        self.mean, self.invstd, self.count = mean, invstd, count
+        self.weight = bn.weight.detach()
+        self.scale = self.weight * invstd
+        self.shift = bn.bias.detach() - mean * self.scale
+
+    def tiled(self, repeats: int) -> _Layer:
+        """The same layer for tensors whose last axis holds ``repeats`` positions of every channel."""
+        tiled = object.__new__(_Layer)
+        tiled.count = self.count
+        for name in ("mean", "invstd", "weight", "scale", "shift"):
+            setattr(tiled, name, getattr(self, name).repeat(repeats))
+        return tiled
+
+    def normalize_relu(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(bn(y))`` with batch statistics, channels on the last axis of ``y``; written into ``out``."""
+        out = torch.mul(y, self.scale, out=out) if out is not None else y * self.scale
+        return out.add_(self.shift).relu_()
+
+    def input_gradient(self, sum_g: torch.Tensor, sum_gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """From ``sum(g)`` and ``sum(g * y)`` over the batch: ``(a, b, c)`` with ``dy = a*g + b*y + c``,
+        and the gradients of the BatchNorm's weight and bias."""
+        sum_g_xhat = (sum_gy - self.mean * sum_g) * self.invstd
+        a = self.weight * self.invstd
+        b = -a * self.invstd * sum_g_xhat / self.count
+        c = -a * sum_g / self.count - b * self.mean
+        return a, b, c, sum_g_xhat, sum_g
+
+
+def _row_grid(count: int, size: int, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero ``(1, C, size + 2, count * (size + 1) + 1)`` channels-last image and the view of its
+    ``count`` plane interiors as ``(size, count, size, C)``: row, plane, column, channel."""
+    grid = like.new_zeros(1, size + 2, count * (size + 1) + 1, channels).permute(0, 3, 1, 2)
+    cells = grid[0].permute(1, 2, 0)[1 : size + 1, : count * (size + 1)]
+    return grid, cells.unflatten(1, (count, size + 1))[:, :, 1:]
+
+
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """A contiguous ``(H, W, C)`` tensor as a ``(1, C, H, W)`` channels-last image.
+
+    The strides must be the canonical ones (batch stride ``H * W * C``): convolution kernels copy
+    anything else into plain NCHW first, inputs and gradients alike.
+    """
+    return rows.unsqueeze(0).permute(0, 3, 1, 2)
+
+
+def _channels_last_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(1, C, H, W)`` as ``(H, W, C)`` (a view when ``x`` is channels-last)."""
+    return x[0].permute(1, 2, 0)
+
+
+def _masked_sums(
+    g: torch.Tensor, relu_out: torch.Tensor, y: torch.Tensor, sums: list[torch.Tensor]
+) -> torch.Tensor:
+    """``g * (relu_out > 0)`` (in place when ``g`` is ours), adding its ``sum`` and ``sum(* y)`` per
+    channel (last axis) to ``sums``."""
+    g = g * (relu_out > 0)
+    dims = tuple(range(g.ndim - 1))
+    sums[0] += g.sum(dims)
+    sums[1] += (g * y).sum(dims)
+    return g
+
+
+class _EncoderTraining(torch.autograd.Function):
+    """Forward and backward of the four encoder layers in training mode (see the module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        planes: torch.Tensor,
+        patch_size: int,
+        bns: tuple[nn.BatchNorm2d, ...],
+        first_matrix: torch.Tensor,
+        second_weight: torch.Tensor,
+        third_weight: torch.Tensor,
+        last_weight: torch.Tensor,
+        *affine: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(M, P*P)`` planes -> ``(M, hidden)`` codes."""
+        total, dtype = planes.shape[0], planes.dtype
+        sizes = (patch_size, _halved(patch_size), _halved(_halved(patch_size)))
+        channels = [bn.num_features for bn in bns]
+        spans = [(start, min(start + CHUNK_PLANES, total)) for start in range(0, total, CHUNK_PLANES)]
+
+        first_out, moments = [], _Moments()
+        for start, end in spans:
+            y = planes[start:end] @ first_matrix
+            moments.add(y, groups=sizes[0] * sizes[0])
+            first_out.append(y)
+        layer1 = moments.finish(bns[0], dtype)
+        wide1 = layer1.tiled(sizes[0])  # layer 1's maps are used as (..., P * C): x and c on one axis
+
+        second_out, moments = [], _Moments()
+        for y in first_out:
+            grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y)
+            wide1.normalize_relu(_first_as_cells(y, sizes[0]), out=cells.flatten(2))
+            second_out.append(F.conv2d(grid, second_weight, stride=2))
+            moments.add(_channels_last_rows(second_out[-1]).reshape(-1, channels[1]))
+        layer2 = moments.finish(bns[1], dtype)
+
+        third_out, moments = [], _Moments()
+        for y in second_out:
+            count = y.shape[-1] // sizes[1]
+            grid, cells = _row_grid(count, sizes[1], channels[1], y)
+            layer2.normalize_relu(_cells(y, count), out=cells)
+            third_out.append(F.conv2d(grid, third_weight, stride=2))
+            moments.add(_channels_last_rows(third_out[-1]).reshape(-1, channels[2]))
+        layer3 = moments.finish(bns[2], dtype)
+
+        last = [
+            _channels_last_rows(F.conv2d(_third_relu(layer3, y), last_weight, stride=sizes[2]))[0]
+            for y in third_out
+        ]
+        last_out = torch.cat(last)  # (M, hidden)
+        moments = _Moments()
+        moments.add(last_out)
+        layer4 = moments.finish(bns[3], dtype)
+
+        ctx.save_for_backward(planes, first_matrix, second_weight, third_weight, last_weight, last_out)
+        ctx.outputs = (first_out, second_out, third_out)
+        ctx.layers = (layer1, wide1, layer2, layer3, layer4)
+        ctx.sizes, ctx.channels, ctx.eps = sizes, channels, bns[3].eps
+        return layer4.normalize_relu(last_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Gradients of the planes, the four weights and the four BatchNorms' weights and biases."""
+        planes, first_matrix, second_weight, third_weight, last_weight, last_out = ctx.saved_tensors
+        first_out, second_out, third_out = ctx.outputs
+        layer1, wide1, layer2, layer3, layer4 = ctx.layers
+        sizes, channels = ctx.sizes, ctx.channels
+
+        # Layer 4 is small ((M, hidden)): mask the ReLU and let the native kernel do its BatchNorm.
+        grad_last, weight4, bias4 = torch.ops.aten.native_batch_norm_backward(
+            grad * (layer4.normalize_relu(last_out) > 0), last_out, layer4.weight, None, None,
+            layer4.mean, layer4.invstd, True, ctx.eps, [True, True, True],
+        )  # fmt: skip
+
+        # Layer 4's convolution; the masked gradient of layer 3's output and its BatchNorm sums.
+        last_grad = torch.zeros_like(last_weight)
+        masked3, sums3, start = [], _zero_sums(layer3), 0
+        for y in third_out:
+            count = y.shape[-1] // sizes[2]
+            relu_out = _third_relu(layer3, y)
+            g_out = grad_last[start : start + count].view(1, 1, count, -1).permute(0, 3, 1, 2)
+            grad_in, grad_w, _ = _conv_backward(g_out, relu_out, last_weight, sizes[2])
+            last_grad += grad_w
+            rows = (_channels_last_rows(t) for t in (grad_in, relu_out, y))
+            masked3.append(_masked_sums(*rows, sums3))
+            start += count
+
+        def backward_through(outputs, inputs, masked, layer, sums, weight, make_input):
+            a, b, c, weight_grad_bn, bias_grad_bn = layer.input_gradient(*sums)
+            weight_grad = torch.zeros_like(weight)
+            next_masked, next_sums = [], None
+            for y, y_in, g in zip(outputs, inputs, masked, strict=True):
+                rows = _channels_last_rows(y)
+                grad_y = torch.addcmul(c, rows, b).addcmul_(g.reshape(rows.shape), a)
+                grid, relu_cells, y_in_cells, as_cells = make_input(y, y_in)
+                grad_in, grad_w, _ = _conv_backward(_as_image(grad_y), grid, weight, 2)
+                weight_grad += grad_w
+                if next_sums is None:
+                    next_sums = [relu_cells.new_zeros(relu_cells.shape[-1]) for _ in range(2)]
+                grad_cells = as_cells(_channels_last_rows(grad_in)[1:-1, :-1])
+                next_masked.append(_masked_sums(grad_cells, relu_cells, y_in_cells, next_sums))
+            return weight_grad, weight_grad_bn, bias_grad_bn, next_masked, next_sums
+
+        def third_input(y, y_in):
+            count = y.shape[-1] // sizes[2]
+            grid, cells = _row_grid(count, sizes[1], channels[1], y)
+            y_in = _cells(y_in, count)
+            return grid, layer2.normalize_relu(y_in, out=cells), y_in, lambda g: _unpad_cells(g, count)
+
+        def second_input(y, y_in):
+            count = y_in.shape[0]
+            grid, cells = _row_grid(count, sizes[0], channels[0], y_in)
+            y_cells = _first_as_cells(y_in, sizes[0])
+            relu_cells = wide1.normalize_relu(y_cells, out=cells.flatten(2))
+            return grid, relu_cells, y_cells, lambda g: _unpad_cells(g, count).flatten(2)
+
+        grad_w3, weight3, bias3, masked2, sums2 = backward_through(
+            third_out, second_out, masked3, layer3, sums3, third_weight, third_input
+        )
+        grad_w2, weight2, bias2, masked1, sums1 = backward_through(
+            second_out, first_out, masked2, layer2, sums2, second_weight, second_input
+        )
+
+        folded = [total.view(sizes[0], -1).sum(0) for total in sums1]  # (P * C,) -> (C,)
+        a, b, c, weight1, bias1 = layer1.input_gradient(*folded)
+        a, b, c = (t.repeat(sizes[0]) for t in (a, b, c))
+        first_grad = torch.zeros_like(first_matrix)
+        grad_planes = torch.empty_like(planes) if ctx.needs_input_grad[0] else None
+        start = 0
+        for y, g in zip(first_out, masked1, strict=True):
+            count = y.shape[0]
+            grad_cells = torch.addcmul(c, _first_as_cells(y, sizes[0]), b).addcmul_(g, a)  # (P, count, P*C)
+            grad_y = grad_cells.transpose(0, 1).reshape(count, -1)  # (count, P * P * C), (y, x, c)
+            first_grad.addmm_(planes[start : start + count].t(), grad_y)
+            if grad_planes is not None:
+                torch.mm(grad_y, first_matrix.t(), out=grad_planes[start : start + count])
+            start += count
+
+        return (
+            grad_planes, None, None, first_grad, grad_w2, grad_w3, last_grad,
+            weight1, bias1, weight2, bias2, weight3, bias3, weight4, bias4,
+        )  # fmt: skip
+
+
+def _first_as_cells(y: torch.Tensor, size: int) -> torch.Tensor:
+    """Layer 1's ``(count, P * P * C)`` output, ``(y, x, c)`` order, as ``(P, count, P * C)`` (a view)."""
+    return y.view(y.shape[0], size, -1).transpose(0, 1)
+
+
+def _unpad_cells(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``(s, count * (s + 1), C)`` rows of a grid without its zero rows, as ``(s, count, s, C)``
+    cells: every cell without its leading zero column (a view)."""
+    return rows.unflatten(1, (count, -1))[:, :, 1:]
+
+
+def _cells(y: torch.Tensor, count: int) -> torch.Tensor:
+    """A ``(1, C, s, count * s)`` row of outputs as ``(s, count, s, C)`` (a view)."""
+    return _channels_last_rows(y).unflatten(1, (count, -1))
+
+
+def _third_relu(layer3: _Layer, y: torch.Tensor) -> torch.Tensor:
+    """Layer 3's ReLU output, same layout as its pre-BatchNorm output ``y`` (the input of layer 4)."""
+    return _as_image(layer3.normalize_relu(_channels_last_rows(y)))
+
+
+def _conv_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Input and weight gradients of an unpadded ``conv2d(x, weight, stride=stride)``."""
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [stride, stride], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+
+
+def _zero_sums(layer: _Layer) -> list[torch.Tensor]:
+    """Fresh ``[sum(g), sum(g * y)]`` accumulators for one BatchNorm."""
+    return [torch.zeros_like(layer.mean), torch.zeros_like(layer.mean)]

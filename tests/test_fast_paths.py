@@ -36,7 +36,12 @@ def gradients(output: torch.Tensor, inputs: list[torch.Tensor], seed: int = 0) -
 
 @pytest.mark.parametrize("patch", [1, 3, 5, 9])
 @pytest.mark.parametrize(("height", "width"), [(14, 14), (5, 13), (24, 24), (3, 2), (7, 16)])
-def test_band_correlation_and_gradients_match_reference(patch: int, height: int, width: int) -> None:
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1])
+def test_band_correlation_and_gradients_match_reference(
+    patch: int, height: int, width: int, chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default chunks (all 6 maps in one here) and with one map per chunk."""
+    monkeypatch.setattr(ops, "_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(patch + height * width)
     a = torch.randn(2, 3, 4, height, width, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, 3, 4, height, width, dtype=torch.float64, requires_grad=True)

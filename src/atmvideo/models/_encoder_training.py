@@ -36,9 +36,14 @@ CHUNK_PLANES = 1024  # planes per chunk: 2.4 MB for the 16 -> 64 layer's output,
 
 
 def handles(layers: Sequence[nn.Sequential], planes: torch.Tensor, patch_size: int) -> bool:
-    """Whether ``encode`` applies: BatchNorms in training mode and affine, float32/64, no autocast, and
-    odd map sizes before both stride-2 layers (true for the paper's P = 9: 9 -> 5 -> 3)."""
-    if planes.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+    """Whether ``encode`` applies: CPU, float32/64, no autocast, not being compiled, BatchNorms in
+    training mode and affine, and odd map sizes before both stride-2 layers (P = 9: 9 -> 5 -> 3).
+
+    Both of its tricks are for CPU caches and kernels; a GPU runs batched small convolutions well.
+    """
+    if planes.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if planes.dtype not in (torch.float32, torch.float64):
         return False
     device = planes.device.type
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
@@ -165,9 +170,9 @@ def _channels_last_rows(x: torch.Tensor) -> torch.Tensor:
 def _masked_sums(
     g: torch.Tensor, relu_out: torch.Tensor, y: torch.Tensor, sums: list[torch.Tensor]
 ) -> torch.Tensor:
-    """``g * (relu_out > 0)`` (in place when ``g`` is ours), adding its ``sum`` and ``sum(* y)`` per
-    channel (last axis) to ``sums``."""
-    g = g * (relu_out > 0)
+    """``g * (relu_out > 0)``, in place (``g`` is always a fresh gradient), adding its ``sum`` and
+    ``sum(* y)`` per channel (last axis) to ``sums``."""
+    g = g.mul_(relu_out > 0)
     dims = tuple(range(g.ndim - 1))
     sums[0] += g.sum(dims)
     sums[1] += (g * y).sum(dims)
@@ -269,7 +274,7 @@ class _EncoderTraining(torch.autograd.Function):
             next_masked, next_sums = [], None
             for y, y_in, g in zip(outputs, inputs, masked, strict=True):
                 rows = _channels_last_rows(y)
-                grad_y = torch.addcmul(c, rows, b).addcmul_(g.reshape(rows.shape), a)
+                grad_y = g.reshape(rows.shape).mul_(a).addcmul_(rows, b).add_(c)  # g is not needed again
                 grid, relu_cells, y_in_cells, as_cells = make_input(y, y_in)
                 grad_in, grad_w, _ = _conv_backward(_as_image(grad_y), grid, weight, 2)
                 weight_grad += grad_w
@@ -307,7 +312,7 @@ class _EncoderTraining(torch.autograd.Function):
         start = 0
         for y, g in zip(first_out, masked1, strict=True):
             count = y.shape[0]
-            grad_cells = torch.addcmul(c, _first_as_cells(y, sizes[0]), b).addcmul_(g, a)  # (P, count, P*C)
+            grad_cells = g.mul_(a).addcmul_(_first_as_cells(y, sizes[0]), b).add_(c)  # (P, count, P * C)
             grad_y = grad_cells.transpose(0, 1).reshape(count, -1)  # (count, P * P * C), (y, x, c)
             first_grad.addmm_(planes[start : start + count].t(), grad_y)
             if grad_planes is not None:

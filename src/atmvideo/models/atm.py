@@ -97,9 +97,11 @@ class CorrelationEncoder(nn.Module):
             taps_by_position = weight[:, self._taps].permute(1, 2, 0).reshape(p * p, -1)  # (y, x, c) columns
             return _encoder_training.encode(planes, taps_by_position, self.layers, p)
         first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)  # (P*P in, 4 * P*P out)
-        if all(_folded_bn(block[1]) is not None for block in self.layers):
-            # Evaluation: no batch statistics tie the planes together, so each chunk goes through all
-            # four layers while its intermediate maps are still in cache.
+        on_cpu = planes.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_cpu and all(_folded_bn(block[1]) is not None for block in self.layers):
+            # CPU evaluation: no batch statistics tie the planes together, so each chunk goes through
+            # all four layers while its intermediate maps are still in cache (not while torch.compile
+            # or torch.export traces: a loop over the planes would fix the batch size of the graph).
             chunks = planes.split(_encoder_training.CHUNK_PLANES)
             return torch.cat([self._encode_layers(chunk, first_matrix) for chunk in chunks])
         return self._encode_layers(planes, first_matrix)

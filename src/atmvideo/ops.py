@@ -407,14 +407,17 @@ def _overlap_add_columns(units: torch.Tensor, block_width: int) -> torch.Tensor:
     """
     n, blocks, height, window_width, channels = units.shape
     pieces = math.ceil(window_width / block_width)
-    total = units.new_zeros(n, height, (blocks + pieces - 1) * block_width, channels)
+    total = units.new_empty(n, height, (blocks + pieces - 1) * block_width, channels)
+    covered = blocks * block_width
+    total[:, :, covered:].zero_()  # the first piece writes (not adds) everything before this
     for piece in range(pieces):
         part = units[:, :, :, piece * block_width : (piece + 1) * block_width]
-        part = F.pad(part, (0, 0, 0, block_width - part.shape[3]))
-        start = piece * block_width
-        total[:, :, start : start + blocks * block_width] += part.permute(0, 2, 1, 3, 4).reshape(
-            n, height, blocks * block_width, channels
-        )
+        part = F.pad(part, (0, 0, 0, block_width - part.shape[3])).transpose(1, 2)  # (n, H, blocks, wb, C)
+        target = total[:, :, piece * block_width : piece * block_width + covered].view(part.shape)
+        if piece == 0:
+            target.copy_(part)
+        else:
+            target += part
     return total
 
 

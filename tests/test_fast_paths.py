@@ -263,3 +263,22 @@ def test_tconv_gradcheck_and_bfloat16_autocast() -> None:
     out.float().sum().backward()
     assert tconv.weight.grad is not None and tconv.weight.grad.dtype == torch.float32
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.slow
+def test_band_correlation_under_torch_compile_with_bfloat16_autocast() -> None:
+    """The compiled backward must not write through views of views (banned in compile), in bf16 too."""
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (ops.local_correlation(a, b, 9).float() * weights).sum()
+
+    torch.manual_seed(0)
+    weights = torch.randn(2, 3, 9, 9, 7, 11)
+    a = torch.randn(2, 3, 8, 7, 11, requires_grad=True)
+    b = torch.randn(2, 3, 8, 7, 11, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = torch.autograd.grad(loss(a, b), [a, b])
+        compiled = torch.autograd.grad(torch.compile(loss)(a, b), [a, b])
+    for got, want in zip(compiled, eager, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

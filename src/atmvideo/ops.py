@@ -317,14 +317,21 @@ def _product_rows(count: int, height: int, blocks: int, patch_size: int) -> int:
 
 class _Scratch:
     """Buffers reused by every chunk of one call: the chunks' temporaries are allocated once, not
-    once per chunk (each fresh allocation of this size is memory the kernel maps and zeroes again)."""
+    once per chunk (each fresh allocation of this size is memory the kernel maps and zeroes again).
+
+    While ``torch.compile`` traces, every ``take`` is a fresh tensor: the compiler cannot functionalise
+    writes through an ``as_strided`` view of a view of a buffer, and plans memory itself.
+    """
 
     def __init__(self, like: torch.Tensor) -> None:
         self.like = like
         self.buffers: dict[str, torch.Tensor] = {}
+        self.reuse = not torch.compiler.is_compiling()
 
     def take(self, name: str, shape: tuple[int, ...], zero: bool = False) -> torch.Tensor:
         """A contiguous ``shape`` view of buffer ``name`` (grown when too small), zeroed if asked."""
+        if not self.reuse:
+            return self.like.new_zeros(shape) if zero else self.like.new_empty(shape)
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < numel:

@@ -39,7 +39,8 @@ def handles(layers: Sequence[nn.Sequential], planes: torch.Tensor, patch_size: i
     """Whether ``encode`` applies: CPU, float32/64, no autocast, not being compiled, BatchNorms in
     training mode and affine, and odd map sizes before both stride-2 layers (P = 9: 9 -> 5 -> 3).
 
-    Both of its tricks are for CPU caches and kernels; a GPU runs batched small convolutions well.
+    Both of its tricks answer CPU caches and kernels and were measured only there; elsewhere the
+    batched autograd path runs as before.
     """
     if planes.device.type != "cpu" or torch.compiler.is_compiling():
         return False
@@ -50,7 +51,7 @@ def handles(layers: Sequence[nn.Sequential], planes: torch.Tensor, patch_size: i
         return False
     if patch_size % 2 == 0 or _halved(patch_size) % 2 == 0:
         return False
-    return all(block[1].training and block[1].affine for block in layers)
+    return all(block[0].bias is None and block[1].training and block[1].affine for block in layers)
 
 
 def encode(

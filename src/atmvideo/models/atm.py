@@ -52,15 +52,22 @@ class CorrelationEncoder(nn.Module):
     ``64 -> hidden``; each with BN + ReLU.
 
     The planes are tiny (9 x 9) and there are millions of them, where convolution kernels are slow. So
-    by default (``fast = True``) the first and last convolutions run as the dense linear maps they are
-    on a flattened plane (``(M, 81) @ (81, 4 * 81)`` and ``(M, 576) @ (576, hidden)``, matrices built
-    from the convolution weights on every call so gradients reach them), the middle two as
-    channels-last convolutions, and in eval mode each BatchNorm is folded into the product before it.
-    Training-mode BatchNorm runs ``F.batch_norm`` with the module's own parameters and buffers on a
-    ``(M, c, h * w)`` or ``(M * h * w, c)`` view of the same numbers, so statistics, running averages
-    and ``num_batches_tracked`` are those of the plain path. Same parameters and state-dict keys, same
-    results (to rounding; ``tests/test_fast_paths.py``); the plain conv path stays for ``fast = False``
-    and for FLOP counting (``ops.architectural_cost``), which must see the architecture's convolutions.
+    by default (``fast = True``) the first convolution runs as the dense linear map it is on a flattened
+    plane (``(M, 81) @ (81, 4 * 81)``, a matrix built from the weight on every call so gradients reach
+    it), and then:
+
+    - training on CPU (float32/64, no autocast, P = 9, 5 or 1): ``_encoder_training`` runs the other
+      three layers by hand, chunk by chunk, on planes laid side by side in one wide image (each
+      stride-2 layer becomes one large convolution), with BatchNorm statistics merged per chunk;
+    - otherwise the last convolution is a dense product too (``(M, 576) @ (576, hidden)``), the middle
+      two are channels-last convolutions, eval-mode BatchNorm is folded into the product before it (on
+      CPU a chunk of planes at a time), and training-mode BatchNorm runs ``F.batch_norm`` with the
+      module's own parameters and buffers on a ``(M, c, h * w)`` or ``(M * h * w, c)`` view.
+
+    Either way statistics, running averages and ``num_batches_tracked`` are those of the plain path;
+    same parameters and state-dict keys, same results (to rounding; ``tests/test_fast_paths.py``). The
+    plain conv path stays for ``fast = False`` and for FLOP counting (``ops.architectural_cost``), which
+    must see the architecture's convolutions.
     """
 
     def __init__(self, patch_size: int, hidden: int) -> None:
@@ -91,12 +98,13 @@ class CorrelationEncoder(nn.Module):
     def _encode_fast(self, planes: torch.Tensor) -> torch.Tensor:
         """``(M, P * P) -> (M, hidden)``: the conv stack as two dense products around two small convs."""
         p = self.patch_size
-        # Layer 1 as (M, P*P) @ (P*P, 4*P*P); its columns in (c, y, x) order give a (M, 4, P, P) NCHW map.
+        # Layer 1 as (M, P*P) @ (P*P, 4*P*P); weight[:, taps] is (4 out channels, P*P in, P*P out).
         weight = F.pad(self.layers[0][0].weight.flatten(1), (0, 1))  # (4, 9 + 1): a zero for "no tap"
         if _encoder_training.handles(self.layers, planes, p):
-            taps_by_position = weight[:, self._taps].permute(1, 2, 0).reshape(p * p, -1)  # (y, x, c) columns
-            return _encoder_training.encode(planes, taps_by_position, self.layers, p)
-        first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)  # (P*P in, 4 * P*P out)
+            by_position = weight[:, self._taps].permute(1, 2, 0).reshape(p * p, -1)  # (y, x, c) columns
+            return _encoder_training.encode(planes, by_position, self.layers, p)
+        # Columns in (c, y, x) order: the product is a (M, 4, P, P) NCHW map.
+        first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)
         on_cpu = planes.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_cpu and all(_folded_bn(block[1]) is not None for block in self.layers):
             # CPU evaluation: no batch statistics tie the planes together, so each chunk goes through

@@ -185,7 +185,7 @@ class _BandCorrelation(torch.autograd.Function):
     ``grad_a`` is the band scattered into zeros times the same windows; ``grad_b`` gathers, for every
     b-row, the ``P`` a-rows that read it (again one overlapping window) against the scattered gradient.
 
-    The maps go through in chunks of a few megabytes of products (``_chunks``): the row layouts, the
+    The maps go through in chunks of about 1 MiB of products (``_chunks``, CPU only): the row layouts, the
     products and the scattered gradients of one chunk stay in cache and are never allocated at the
     size of the whole batch. Only the inputs are saved; the backward pass rebuilds the row layouts.
     """

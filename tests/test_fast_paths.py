@@ -282,3 +282,15 @@ def test_band_correlation_under_torch_compile_with_bfloat16_autocast() -> None:
     for got, want in zip(compiled, eager, strict=True):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+def test_encoder_traced_in_eval_mode_keeps_a_dynamic_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunking is off under ``torch.jit.trace``: a traced loop over chunks would fix the batch size."""
+    monkeypatch.setattr(_encoder_training, "CHUNK_PLANES", 7)
+    torch.manual_seed(0)
+    encoder = CorrelationEncoder(9, 8).eval()
+    randomise_batch_norms(encoder)
+    with torch.no_grad():
+        traced = torch.jit.trace(encoder, (torch.randn(2, 9, 9, 4, 5),), check_trace=False)
+        x = torch.randn(5, 9, 9, 4, 5)  # 100 planes: 15 chunks of 7 for the eager module
+        torch.testing.assert_close(traced(x), encoder(x), rtol=1e-5, atol=1e-6)

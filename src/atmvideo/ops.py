@@ -300,9 +300,10 @@ def _chunks(
     """``(start, end)`` ranges of maps whose products take about ``_CHUNK_BYTES`` (at least one map).
 
     Chunks are for CPU caches. One range elsewhere (a GPU wants large kernels), and while
-    ``torch.compile`` or ``torch.export`` traces: a loop over ``n`` would fix the graph's batch size.
+    ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` traces: a loop over ``n`` would fix the
+    graph's batch size.
     """
-    if device.type != "cpu" or torch.compiler.is_compiling():
+    if device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return [(0, n)]
     window = patch_size * (block_width + 2 * (patch_size // 2))
     per_map = blocks * (height + patch_size // 2) * block_width * window * 4

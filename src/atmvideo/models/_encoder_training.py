@@ -42,7 +42,7 @@ def handles(layers: Sequence[nn.Sequential], planes: torch.Tensor, patch_size: i
     Both of its tricks answer CPU caches and kernels and were measured only there; elsewhere the
     batched autograd path runs as before.
     """
-    if planes.device.type != "cpu" or torch.compiler.is_compiling():
+    if planes.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if planes.dtype not in (torch.float32, torch.float64):
         return False

@@ -105,11 +105,12 @@ class CorrelationEncoder(nn.Module):
             return _encoder_training.encode(planes, by_position, self.layers, p)
         # Columns in (c, y, x) order: the product is a (M, 4, P, P) NCHW map.
         first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)
-        on_cpu = planes.device.type == "cpu" and not torch.compiler.is_compiling()
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        on_cpu = planes.device.type == "cpu" and not tracing
         if on_cpu and all(_folded_bn(block[1]) is not None for block in self.layers):
             # CPU evaluation: no batch statistics tie the planes together, so each chunk goes through
-            # all four layers while its intermediate maps are still in cache (not while torch.compile
-            # or torch.export traces: a loop over the planes would fix the batch size of the graph).
+            # all four layers while its intermediate maps are still in cache (not under a tracer:
+            # a loop over the planes would fix the batch size of the graph).
             chunks = planes.split(_encoder_training.CHUNK_PLANES)
             return torch.cat([self._encode_layers(chunk, first_matrix) for chunk in chunks])
         return self._encode_layers(planes, first_matrix)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -290,7 +291,8 @@ def test_encoder_traced_in_eval_mode_keeps_a_dynamic_batch(monkeypatch: pytest.M
     torch.manual_seed(0)
     encoder = CorrelationEncoder(9, 8).eval()
     randomise_batch_norms(encoder)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation, and shape checks traced as constants
         traced = torch.jit.trace(encoder, (torch.randn(2, 9, 9, 4, 5),), check_trace=False)
         x = torch.randn(5, 9, 9, 4, 5)  # 100 planes: 15 chunks of 7 for the eager module
         torch.testing.assert_close(traced(x), encoder(x), rtol=1e-5, atol=1e-6)

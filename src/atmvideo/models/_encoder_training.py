@@ -211,17 +211,14 @@ class _EncoderTraining(torch.autograd.Function):
 
         second_out, moments = [], _Moments()
         for y in first_out:
-            grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y)
-            wide1.normalize_relu(_first_as_cells(y, sizes[0]), out=cells.flatten(2))
+            grid, _, _ = _second_input(wide1, y, sizes, channels)
             second_out.append(F.conv2d(grid, second_weight, stride=2))
             moments.add(_channels_last_rows(second_out[-1]).reshape(-1, channels[1]))
         layer2 = moments.finish(bns[1], dtype)
 
         third_out, moments = [], _Moments()
         for y in second_out:
-            count = y.shape[-1] // sizes[1]
-            grid, cells = _row_grid(count, sizes[1], channels[1], y)
-            layer2.normalize_relu(_cells(y, count), out=cells)
+            grid, _, _ = _third_input(layer2, y, sizes, channels)
             third_out.append(F.conv2d(grid, third_weight, stride=2))
             moments.add(_channels_last_rows(third_out[-1]).reshape(-1, channels[2]))
         layer3 = moments.finish(bns[2], dtype)
@@ -276,34 +273,25 @@ class _EncoderTraining(torch.autograd.Function):
             for y, y_in, g in zip(outputs, inputs, masked, strict=True):
                 rows = _channels_last_rows(y)
                 grad_y = g.reshape(rows.shape).mul_(a).addcmul_(rows, b).add_(c)  # g is not needed again
-                grid, relu_cells, y_in_cells, as_cells = make_input(y, y_in)
+                grid, relu_cells, y_in_cells = make_input(y_in)
                 grad_in, grad_w, _ = _conv_backward(_as_image(grad_y), grid, weight, 2)
                 weight_grad += grad_w
                 if next_sums is None:
                     next_sums = [relu_cells.new_zeros(relu_cells.shape[-1]) for _ in range(2)]
-                grad_cells = as_cells(_channels_last_rows(grad_in)[1:-1, :-1])
+                # The gradient of the input image, without its zeros, in the layout of relu_cells.
+                grad_cells = _unpad_cells(_channels_last_rows(grad_in)[1:-1, :-1], relu_cells.shape[1])
+                grad_cells = grad_cells.reshape(relu_cells.shape)
                 next_masked.append(_masked_sums(grad_cells, relu_cells, y_in_cells, next_sums))
             return weight_grad, weight_grad_bn, bias_grad_bn, next_masked, next_sums
 
-        def third_input(y, y_in):
-            count = y.shape[-1] // sizes[2]
-            grid, cells = _row_grid(count, sizes[1], channels[1], y)
-            y_in = _cells(y_in, count)
-            return grid, layer2.normalize_relu(y_in, out=cells), y_in, lambda g: _unpad_cells(g, count)
-
-        def second_input(y, y_in):
-            count = y_in.shape[0]
-            grid, cells = _row_grid(count, sizes[0], channels[0], y_in)
-            y_cells = _first_as_cells(y_in, sizes[0])
-            relu_cells = wide1.normalize_relu(y_cells, out=cells.flatten(2))
-            return grid, relu_cells, y_cells, lambda g: _unpad_cells(g, count).flatten(2)
-
         grad_w3, weight3, bias3, masked2, sums2 = backward_through(
-            third_out, second_out, masked3, layer3, sums3, third_weight, third_input
-        )
+            third_out, second_out, masked3, layer3, sums3, third_weight,
+            lambda y_in: _third_input(layer2, y_in, sizes, channels),
+        )  # fmt: skip
         grad_w2, weight2, bias2, masked1, sums1 = backward_through(
-            second_out, first_out, masked2, layer2, sums2, second_weight, second_input
-        )
+            second_out, first_out, masked2, layer2, sums2, second_weight,
+            lambda y_in: _second_input(wide1, y_in, sizes, channels),
+        )  # fmt: skip
 
         folded = [total.view(sizes[0], -1).sum(0) for total in sums1]  # (P * C,) -> (C,)
         a, b, c, weight1, bias1 = layer1.input_gradient(*folded)
@@ -324,6 +312,27 @@ class _EncoderTraining(torch.autograd.Function):
             grad_planes, None, None, first_grad, grad_w2, grad_w3, last_grad,
             weight1, bias1, weight2, bias2, weight3, bias3, weight4, bias4,
         )  # fmt: skip
+
+
+def _second_input(
+    wide1: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer 2's input image for a chunk of layer 1 outputs ``y``, its ReLU cells ``(P, count, P * C)``
+    (a view into the image) and ``y`` in the same layout."""
+    grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y)
+    y_cells = _first_as_cells(y, sizes[0])
+    return grid, wide1.normalize_relu(y_cells, out=cells.flatten(2)), y_cells
+
+
+def _third_input(
+    layer2: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer 3's input image for a chunk of layer 2 outputs ``y`` ``(1, C, s, count * s)``, its ReLU
+    cells ``(s, count, s, C)`` (a view into the image) and ``y`` in the same layout."""
+    count = y.shape[-1] // sizes[1]
+    grid, cells = _row_grid(count, sizes[1], channels[1], y)
+    y_cells = _cells(y, count)
+    return grid, layer2.normalize_relu(y_cells, out=cells), y_cells
 
 
 def _first_as_cells(y: torch.Tensor, size: int) -> torch.Tensor:

@@ -247,7 +247,7 @@ class _BandCorrelation(torch.autograd.Function):
             chunk_grad = grad[start:end]
             unit_rows = count * blocks * rows_per_unit
             if grad_a is not None:
-                rows = unit_rows - k
+                rows = _product_rows(count, height, blocks, patch_size)
                 spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
                 _band(spread, count, height, blocks, patch_size).copy_(chunk_grad)
                 # Room for every unit's rows (the last unit's k zero rows get no products, and are not read).

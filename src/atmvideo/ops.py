@@ -125,12 +125,8 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> 
         return _local_correlation_by_shifts(a, b, patch_size)
     *lead, channels, height, width = a.shape
     n = math.prod(lead)
-    # Channels last, the layout the products read: one transposing copy of each input here, rather than
-    # strided gathers chunk by chunk inside.
     out = _BandCorrelation.apply(
-        a.movedim(-3, -1).reshape(n, height, width, channels),
-        b.movedim(-3, -1).reshape(n, height, width, channels),
-        patch_size,
+        a.reshape(n, channels, height, width), b.reshape(n, channels, height, width), patch_size
     )  # (n, H, W, P, P)
     return out.permute(0, 3, 4, 1, 2).reshape(*lead, patch_size, patch_size, height, width)
 
@@ -171,7 +167,7 @@ def _band(scores: torch.Tensor, n: int, height: int, blocks: int, patch_size: in
 
 
 class _BandCorrelation(torch.autograd.Function):
-    """``local_correlation`` of ``(n, H, W, C)`` maps, ``(n, H, W, P, P)`` out, as batched products.
+    """``local_correlation`` of ``(n, C, H, W)`` maps, ``(n, H, W, P, P)`` out, as batched products.
 
     Layout (channels last, ``k = P // 2``): the columns are cut into ``blocks`` of ``wb``; a "unit" is one
     block of one sample. ``a_rows`` holds every unit's ``H`` rows followed by ``k`` zero rows,
@@ -185,35 +181,35 @@ class _BandCorrelation(torch.autograd.Function):
     ``grad_a`` is the band scattered into zeros times the same windows; ``grad_b`` gathers, for every
     b-row, the ``P`` a-rows that read it (again one overlapping window) against the scattered gradient.
 
-    The maps go through in chunks of about 1 MiB of products (``_chunks``, CPU only): the row layouts, the
-    products and the scattered gradients of one chunk stay in cache and are never allocated at the
-    size of the whole batch. Only the inputs are saved; the backward pass rebuilds the row layouts.
+    The row layouts are copied straight from the inputs, whatever their strides (a few large copies per
+    ``_LAYOUT_BYTES`` of layout); the products then run in chunks of about ``_CHUNK_BYTES`` (CPU only),
+    whose scores and scattered gradients stay in cache and are never allocated at the size of the whole
+    batch. Only the inputs are saved; the backward pass rebuilds the row layouts.
     """
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, patch_size: int) -> torch.Tensor:
-        """``(n, H, W, C)`` maps -> ``(n, H, W, P, P)`` correlation."""
-        n, height, width, channels = a.shape
-        blocks, block_width = _column_blocks(width, patch_size)
-        padded_width = blocks * block_width
-        ctx.input_dtypes = (a.dtype, b.dtype)
+        """``(n, C, H, W)`` maps -> ``(n, H, W, P, P)`` correlation."""
+        n, _, height, width = a.shape
+        grid = _Grid(width, height, patch_size)
         dtype = _compute_dtype(a, b)
-        a, b = a.to(dtype), b.to(dtype)
-        out = a.new_empty(n, height, padded_width, patch_size, patch_size)
-        scratch = _Scratch(a)
-        for start, end in _chunks(n, height, blocks, block_width, patch_size, a.device):
-            a_store, b_rows = _row_layouts(
-                a[start:end], b[start:end], blocks, block_width, patch_size, scratch
-            )
-            count, rows = end - start, _product_rows(end - start, height, blocks, patch_size)
-            rows_a = a_store[patch_size - 1 : patch_size - 1 + rows]
-            windows = _windows(b_rows, rows, patch_size).transpose(1, 2)
-            scores = torch.bmm(
-                rows_a, windows, out=scratch.take("scores", (rows, block_width, windows.shape[2]))
-            )
-            band = _band(scores, count, height, blocks, patch_size)
-            out[start:end].view(band.shape).copy_(band)
-        if padded_width != width:
+        out = torch.empty(
+            (n, height, grid.padded_width, patch_size, patch_size), dtype=dtype, device=a.device
+        )
+        scratch = _Scratch(a, dtype)
+        for start, end in grid.layout_chunks(n, a.shape[1], a.device):
+            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
+            for first, last in grid.product_chunks(end - start, a.device):
+                offset, rows = grid.unit_rows(first), grid.product_rows(last - first)
+                windows = _windows(b_rows[offset:], rows, patch_size).transpose(1, 2)
+                scores = torch.bmm(
+                    a_store[patch_size - 1 + offset :][:rows],
+                    windows,
+                    out=scratch.take("scores", (rows, grid.block_width, windows.shape[2])),
+                )
+                band = _band(scores, last - first, height, grid.blocks, patch_size)
+                out[start + first : start + last].view(band.shape).copy_(band)
+        if grid.padded_width != width:
             out = out[:, :, :width].contiguous()
         ctx.save_for_backward(a, b)
         ctx.patch_size = patch_size
@@ -225,49 +221,55 @@ class _BandCorrelation(torch.autograd.Function):
         """Gradients of both maps from the gradient of the correlation."""
         a, b = ctx.saved_tensors
         patch_size = ctx.patch_size
-        n, height, width, channels = a.shape
-        k = patch_size // 2
-        blocks, block_width = _column_blocks(width, patch_size)
-        padded_width = blocks * block_width
-        window_width = block_width + 2 * k
-        rows_per_unit = height + k
-        grad = grad.to(a.dtype)
-        if padded_width != width:
-            grad = F.pad(grad, (0, 0, 0, 0, 0, padded_width - width))
-        grad = grad.view(n, height, blocks, block_width, patch_size, patch_size)
+        n, channels, height, width = a.shape
+        grid = _Grid(width, height, patch_size)
+        blocks, block_width, k = grid.blocks, grid.block_width, grid.k
+        window_width, rows_per_unit = block_width + 2 * k, height + k
+        dtype = _compute_dtype(a, b)
+        grad = grad.to(dtype)
+        if grid.padded_width != width:
+            grad = F.pad(grad, (0, 0, 0, 0, 0, grid.padded_width - width))
+        grad = grad.reshape(n, height, blocks, block_width, patch_size, patch_size)
         needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_a = a.new_empty(n, height, width, channels) if needs_a else None
+        # Channels last (returned as (n, C, H, W) views): written from the row layouts in runs of whole
+        # pixels, which transposing to (n, C, H, W) here would not be.
+        grad_a = a.new_empty(n, height, grid.padded_width, channels) if needs_a else None
         grad_b = b.new_empty(n, height, width, channels) if needs_b else None
-        scratch = _Scratch(a)
-        for start, end in _chunks(n, height, blocks, block_width, patch_size, a.device):
+        scratch = _Scratch(a, dtype)
+        for start, end in grid.layout_chunks(n, a.shape[1], a.device):
+            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
             count = end - start
-            a_store, b_rows = _row_layouts(
-                a[start:end], b[start:end], blocks, block_width, patch_size, scratch
-            )
-            chunk_grad = grad[start:end]
-            unit_rows = count * blocks * rows_per_unit
+            unit_rows = grid.unit_rows(count)
             if grad_a is not None:
-                rows = _product_rows(count, height, blocks, patch_size)
-                spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
-                _band(spread, count, height, blocks, patch_size).copy_(chunk_grad)
-                # Room for every unit's rows (the last unit's k zero rows get no products, and are not read).
-                grad_rows = scratch.take("grad", (unit_rows, block_width, channels))
-                torch.bmm(spread, _windows(b_rows, rows, patch_size), out=grad_rows[:rows])
-                by_unit = grad_rows.view(count, blocks, rows_per_unit, block_width, channels)[:, :, :height]
-                if padded_width == width:
-                    grad_a[start:end].view(count, height, blocks, block_width, channels).copy_(
-                        by_unit.transpose(1, 2)
+                grad_rows = scratch.take("grad_rows", (unit_rows, block_width, channels))
+            for first, last in grid.product_chunks(count, a.device):
+                offset, chunk_grad = grid.unit_rows(first), grad[start + first : start + last]
+                if grad_a is not None:
+                    rows = grid.product_rows(last - first)
+                    spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
+                    _band(spread, last - first, height, blocks, patch_size).copy_(chunk_grad)
+                    torch.bmm(
+                        spread,
+                        _windows(b_rows[offset:], rows, patch_size),
+                        out=grad_rows[offset : offset + rows],
                     )
-                else:
-                    grad_a[start:end] = by_unit.transpose(1, 2).reshape(count, height, -1, channels)[
-                        :, :, :width
-                    ]
-            if grad_b is not None:
+            if grad_a is not None:
+                by_unit = grad_rows.view(count, blocks, rows_per_unit, block_width, channels)[:, :, :height]
+                grad_a[start:end].view(count, height, blocks, block_width, channels).copy_(
+                    by_unit.transpose(1, 2)
+                )
+            if grad_b is None:
+                continue
+            # Room for every unit's rows, and for the k rows that the last b-rows' products spill past them.
+            grad_rows = scratch.take("grad_rows", (unit_rows + k, window_width, channels))
+            for first, last in grid.product_chunks(count, a.device):
+                offset, chunk_grad = grid.unit_rows(first), grad[start + first : start + last]
                 # b-row rho, column t: sum over (u, x) of grad[a-row rho - u, x, u, t - x] * a[rho - u, x].
                 # Scatter the gradient into (rho, P - 1 - u, x, t) so that, for every rho, the P a-rows
                 # rho - P + 1 .. rho form one contiguous window of a (after P - 1 leading zero rows); t
-                # last, so that the scatter writes runs of P values.
-                rows = unit_rows + k  # the last unit's bottom neighbours spill k rows past it
+                # last, so that the scatter writes runs of P values. The last unit's bottom neighbours
+                # spill k rows past it.
+                rows = grid.unit_rows(last - first) + k
                 spread = scratch.take("spread", (rows, patch_size, block_width, window_width), zero=True)
                 t0, t1, t2, t3 = spread.stride()
                 spread.as_strided(
@@ -275,45 +277,67 @@ class _BandCorrelation(torch.autograd.Function):
                     (blocks * rows_per_unit * t0, t0, rows_per_unit * t0, t2 + t3, t0 - t1, t3),
                     (patch_size - 1) * t1,
                 ).copy_(chunk_grad)
-                grad_units = torch.bmm(
+                torch.bmm(
                     spread.view(rows, -1, window_width).transpose(1, 2),
-                    _windows(a_store, rows, patch_size),
-                    out=scratch.take("grad", (rows, window_width, channels)),
+                    _windows(a_store[offset:], rows, patch_size),
+                    out=grad_rows[offset : offset + rows],
                 )
-                grad_units = grad_units[:unit_rows]
-                grad_units = grad_units.view(count, blocks, rows_per_unit, window_width, channels)[:, :, k:]
-                grad_b[start:end] = _overlap_add_columns(grad_units, block_width)[:, :, k : k + width]
+            grad_units = grad_rows[:unit_rows].view(count, blocks, rows_per_unit, window_width, channels)
+            summed = _overlap_add_columns(
+                grad_units[:, :, k:], block_width
+            )  # (count, H, blocks * wb + 2k, C)
+            grad_b[start:end] = summed[:, :, k : k + width]
         if grad_a is not None:
-            grad_a = grad_a.to(ctx.input_dtypes[0])
+            grad_a = grad_a[:, :, :width].permute(0, 3, 1, 2)
         if grad_b is not None:
-            grad_b = grad_b.to(ctx.input_dtypes[1])
+            grad_b = grad_b.permute(0, 3, 1, 2)
         return grad_a, grad_b, None
 
 
 # Products per chunk of maps: about a core's L2 cache (1 MiB measured best of 256 KiB to 8 MiB).
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 2 << 20
+# Row layouts built at a time: large copies (few calls) that still stay in the last-level cache.
+_LAYOUT_BYTES = 4 << 20
 
 
-def _chunks(
-    n: int, height: int, blocks: int, block_width: int, patch_size: int, device: torch.device
-) -> list[tuple[int, int]]:
-    """``(start, end)`` ranges of maps whose products take about ``_CHUNK_BYTES`` (at least one map).
+class _Grid:
+    """The block geometry of ``_BandCorrelation`` for ``H x W`` maps and patch size ``P``."""
 
-    Chunks are for CPU caches. One range elsewhere (a GPU wants large kernels), and while
-    ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` traces: a loop over ``n`` would fix the
-    graph's batch size.
+    def __init__(self, width: int, height: int, patch_size: int) -> None:
+        self.patch_size, self.height, self.k = patch_size, height, patch_size // 2
+        self.blocks, self.block_width = _column_blocks(width, patch_size)
+        self.padded_width = self.blocks * self.block_width
+        self.rows_per_unit = height + self.k
+
+    def unit_rows(self, count: int) -> int:
+        """Rows of ``count`` maps' units in the row layouts."""
+        return count * self.blocks * self.rows_per_unit
+
+    def product_rows(self, count: int) -> int:
+        """a-rows of ``count`` maps that need products: all but the last unit's ``k`` zero rows."""
+        return self.unit_rows(count) - self.k
+
+    def layout_chunks(self, n: int, channels: int, device: torch.device) -> list[tuple[int, int]]:
+        """``(start, end)`` ranges of maps whose row layouts take about ``_LAYOUT_BYTES``."""
+        per_map = self.unit_rows(1) * (2 * self.block_width + 2 * self.k) * channels * 4
+        return _ranges(n, _LAYOUT_BYTES // per_map, device)
+
+    def product_chunks(self, n: int, device: torch.device) -> list[tuple[int, int]]:
+        """``(start, end)`` ranges of maps whose products take about ``_CHUNK_BYTES``."""
+        window = self.patch_size * (self.block_width + 2 * self.k)
+        return _ranges(n, _CHUNK_BYTES // (self.unit_rows(1) * self.block_width * window * 4), device)
+
+
+def _ranges(n: int, step: int, device: torch.device) -> list[tuple[int, int]]:
+    """``(start, end)`` ranges of ``step`` maps (at least one) on CPU; one range elsewhere.
+
+    One range on a GPU (it wants large kernels), and while ``torch.compile``, ``torch.export`` or
+    ``torch.jit.trace`` traces: a loop over ``n`` would fix the graph's batch size.
     """
     if device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return [(0, n)]
-    window = patch_size * (block_width + 2 * (patch_size // 2))
-    per_map = blocks * (height + patch_size // 2) * block_width * window * 4
-    step = max(1, _CHUNK_BYTES // per_map)
+    step = max(1, step)
     return [(start, min(start + step, n)) for start in range(0, n, step)]
-
-
-def _product_rows(count: int, height: int, blocks: int, patch_size: int) -> int:
-    """a-rows that need products: every unit's rows but the last unit's ``k`` zero rows."""
-    return count * blocks * (height + patch_size // 2) - patch_size // 2
 
 
 class _Scratch:
@@ -324,76 +348,80 @@ class _Scratch:
     writes through an ``as_strided`` view of a view of a buffer, and plans memory itself.
     """
 
-    def __init__(self, like: torch.Tensor) -> None:
-        self.like = like
+    def __init__(self, like: torch.Tensor, dtype: torch.dtype) -> None:
+        self.device, self.dtype = like.device, dtype
         self.buffers: dict[str, torch.Tensor] = {}
         self.reuse = not torch.compiler.is_compiling()
 
     def take(self, name: str, shape: tuple[int, ...], zero: bool = False) -> torch.Tensor:
         """A contiguous ``shape`` view of buffer ``name`` (grown when too small), zeroed if asked."""
         if not self.reuse:
-            return self.like.new_zeros(shape) if zero else self.like.new_empty(shape)
+            make = torch.zeros if zero else torch.empty
+            return make(shape, dtype=self.dtype, device=self.device)
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[name] = self.like.new_empty(numel)
+            buffer = self.buffers[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
         view = buffer[:numel].view(shape)
         return view.zero_() if zero else view
 
 
+def _by_block(x: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """``(n, C, H, blocks * wb)`` maps as a ``(n, blocks, H, wb, C)`` view, whatever their strides."""
+    return x.unflatten(3, (grid.blocks, grid.block_width)).permute(0, 3, 2, 4, 1)
+
+
 def _row_layouts(
-    a: torch.Tensor, b: torch.Tensor, blocks: int, block_width: int, patch_size: int, scratch: _Scratch
+    a: torch.Tensor, b: torch.Tensor, grid: _Grid, scratch: _Scratch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a`` and ``b`` ``(n, H, W, C)`` in the row layouts of ``_BandCorrelation``.
+    """``a`` and ``b`` ``(n, C, H, W)`` in the row layouts of ``_BandCorrelation``.
 
     ``a_store`` has ``P - 1`` zero rows before the units and ``k`` after them, so that the backward
     pass can read windows of ``P`` rows ending at every row in place; only those and the ``k`` zero rows
-    of each unit are cleared.
+    of each unit are cleared. The copies read the inputs in place (transposing to channels last) and
+    cast them to the scratch dtype.
     """
-    n, height, width, channels = a.shape
-    k = patch_size // 2
-    padded_width = blocks * block_width
-    if padded_width != width:
-        a, b = F.pad(a, (0, 0, 0, padded_width - width)), F.pad(b, (0, 0, 0, padded_width - width))
-    rows_per_unit = height + k
-    units = n * blocks * rows_per_unit
+    n, channels, height, width = a.shape
+    patch_size, k, block_width = grid.patch_size, grid.k, grid.block_width
+    if grid.padded_width != width:
+        a, b = F.pad(a, (0, grid.padded_width - width)), F.pad(b, (0, grid.padded_width - width))
+    units = grid.unit_rows(n)
     a_store = scratch.take("a_rows", (patch_size - 1 + units + k, block_width, channels))
     a_store[: patch_size - 1].zero_()
     a_store[patch_size - 1 + units :].zero_()
     a_units = a_store[patch_size - 1 : patch_size - 1 + units].view(
-        n, blocks, rows_per_unit, block_width, channels
+        n, grid.blocks, grid.rows_per_unit, block_width, channels
     )
-    a_units[:, :, :height] = a.view(n, height, blocks, block_width, channels).transpose(1, 2)
+    a_units[:, :, :height] = _by_block(a, grid)
     a_units[:, :, height:].zero_()
     b_rows = scratch.take("b_rows", (units + k + 1, block_width + 2 * k, channels))
-    return a_store, _block_rows(b, blocks, block_width, k, b_rows)
+    return a_store, _block_rows(b, grid, b_rows)
 
 
-def _block_rows(b: torch.Tensor, blocks: int, block_width: int, k: int, b_rows: torch.Tensor) -> torch.Tensor:
-    """``b`` ``(n, H, blocks * wb, C)`` as the b-rows of ``_BandCorrelation``: ``(units * (H + k) + k + 1,
+def _block_rows(b: torch.Tensor, grid: _Grid, b_rows: torch.Tensor) -> torch.Tensor:
+    """``b`` ``(n, C, H, blocks * wb)`` as the b-rows of ``_BandCorrelation``: ``(units * (H + k) + k + 1,
     wb + 2k, C)``.
 
     Every unit is ``k`` zero rows, then the block's ``H`` rows with ``k`` neighbour columns either side
     (zeros beyond the map); ``k + 1`` zero rows close the store (the last unit's bottom neighbours and
-    the end of the last window). Written into ``b_rows`` in a few strided copies; only the zero parts
-    are cleared.
+    the end of the last window). The blocks are copied from ``b``, their neighbour columns from the
+    blocks beside them in the store (contiguous runs); only the zero parts are cleared.
     """
-    n, height, _, channels = b.shape
-    rows_per_unit = height + k
-    units = n * blocks * rows_per_unit
+    n, _, height, _ = b.shape
+    k, block_width = grid.k, grid.block_width
+    units = grid.unit_rows(n)
     b_rows[units:].zero_()
-    b_units = b_rows[:units].view(n, blocks, rows_per_unit, block_width + 2 * k, channels)
+    b_units = b_rows[:units].view(n, grid.blocks, grid.rows_per_unit, block_width + 2 * k, b_rows.shape[2])
     b_units[:, :, :k].zero_()
     body = b_units[:, :, k:]  # (n, blocks, H, wb + 2k, C)
     if block_width < k:  # neighbours reach past the next block: cut them from a padded copy
-        padded = F.pad(b, (0, 0, k, k))
-        body.copy_(padded.unfold(2, block_width + 2 * k, block_width).permute(0, 2, 1, 4, 3))
+        padded = F.pad(b, (k, k))
+        body.copy_(padded.unfold(3, block_width + 2 * k, block_width).permute(0, 3, 2, 4, 1))
         return b_rows
-    by_block = b.view(n, height, blocks, block_width, channels).transpose(1, 2)  # (n, blocks, H, wb, C)
-    body[:, :, :, k : k + block_width] = by_block
-    body[:, 1:, :, :k] = by_block[:, :-1, :, block_width - k :]  # left neighbours: end of the block before
+    body[:, :, :, k : k + block_width] = _by_block(b, grid)
+    body[:, 1:, :, :k] = body[:, :-1, :, block_width : block_width + k]  # left: end of the block before
     body[:, :1, :, :k].zero_()
-    body[:, :-1, :, k + block_width :] = by_block[:, 1:, :, :k]  # right neighbours: start of the next one
+    body[:, :-1, :, k + block_width :] = body[:, 1:, :, k : 2 * k]  # right: start of the next block
     body[:, -1:, :, k + block_width :].zero_()
     return b_rows
 

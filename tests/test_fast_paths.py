@@ -82,6 +82,30 @@ def test_band_correlation_one_input_needs_grad() -> None:
     torch.testing.assert_close(grad, want)
 
 
+def test_band_correlation_reads_strided_inputs_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels-last and expanded (one anchor against several contexts) inputs, two maps per chunk."""
+    monkeypatch.setattr(ops, "_CHUNK_BYTES", 1)
+    generator = torch.Generator().manual_seed(3)
+    anchor = torch.randn(2, 1, 6, 11, 10, dtype=torch.float64, generator=generator)
+    anchor = anchor.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    context = torch.randn(2, 3, 6, 11, 10, dtype=torch.float64, generator=generator, requires_grad=True)
+    a = anchor.expand_as(context)
+    fast = ops.local_correlation(a, context, 5)
+    slow = ops.local_correlation_reference(a, context, 5)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    for got, want in zip(gradients(fast, [anchor, context]), gradients(slow, [anchor, context]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_band_correlation_zeroes_edges_even_with_non_finite_neighbours() -> None:
+    """Windows at a map's top and bottom rows reach into the next map: its values must not leak in."""
+    a = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    b = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    b[1] = float("inf")  # the second map is the first one's neighbour in the row layouts
+    out = ops.local_correlation(a, b, 5)
+    torch.testing.assert_close(out[0], ops.local_correlation_reference(a[:1], b[:1], 5)[0])
+
+
 def test_band_correlation_output_is_a_view_of_planes() -> None:
     """The encoder reads (N, H, W, P, P) planes without a copy."""
     out = ops.local_correlation(torch.randn(4, 8, 6, 7), torch.randn(4, 8, 6, 7), 3)

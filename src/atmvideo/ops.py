@@ -151,64 +151,73 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.result_type(*tensors)
 
 
-def _band(scores: torch.Tensor, n: int, height: int, blocks: int, patch_size: int) -> torch.Tensor:
+def _band(scores: torch.Tensor, n: int, grid: _Grid) -> torch.Tensor:
     """The diagonal band of ``scores`` as ``(n, H, blocks, wb, P, P)``: a strided view, no copy.
 
     ``scores[r, x, u * (wb + P - 1) + x + v]`` compares column ``x`` of a-row ``r`` with displacement
-    ``(u, v)``; a-row ``r = (sample * blocks + block) * (H + k) + y``.
+    ``(u, v)``; a-row ``r = (sample * blocks + block) * H + y``.
     """
-    rows_per_unit = height + patch_size // 2
+    height, patch_size = grid.height, grid.patch_size
     _, block_width, length = scores.shape
     s0, s1, _ = scores.stride()
     return scores.as_strided(
-        (n, height, blocks, block_width, patch_size, patch_size),
-        (blocks * rows_per_unit * s0, s0, rows_per_unit * s0, s1 + 1, length // patch_size, 1),
+        (n, height, grid.blocks, block_width, patch_size, patch_size),
+        (grid.blocks * height * s0, s0, height * s0, s1 + 1, length // patch_size, 1),
     )
+
+
+def _zero_outside(band: torch.Tensor, k: int) -> None:
+    """Zero the displacements ``(u, .)`` of ``(n, H, blocks, wb, P, P)`` that leave the map at the top
+    or bottom (``y + u - k`` outside ``0 .. H - 1``): their products met rows of other units."""
+    height = band.shape[1]
+    for y in range(min(k, height)):
+        band[:, y, :, :, : k - y].zero_()
+        band[:, height - 1 - y, :, :, k + 1 + y :].zero_()
 
 
 class _BandCorrelation(torch.autograd.Function):
     """``local_correlation`` of ``(n, C, H, W)`` maps, ``(n, H, W, P, P)`` out, as batched products.
 
     Layout (channels last, ``k = P // 2``): the columns are cut into ``blocks`` of ``wb``; a "unit" is one
-    block of one sample. ``a_rows`` holds every unit's ``H`` rows followed by ``k`` zero rows,
-    ``b_rows`` every unit's ``k`` zero rows followed by its ``H`` rows, each ``wb + 2k`` columns wide
-    (the block and ``k`` neighbours either side). Units follow each other with the same ``H + k`` row
-    pitch, so a-row ``r`` meets b-rows ``r .. r + P - 1``: the rows it needs, with the zero rows of the
-    same or the next unit standing in for the neighbours beyond the top and bottom edges. Those ``P``
-    rows are contiguous in memory, so one overlapping ``as_strided`` view gives every a-row its
-    ``(P * (wb + 2k), C)`` window and a single ``bmm`` computes all products; the output is the band
-    ``x' = x + v`` of each ``(wb, P * (wb + 2k))`` result. The backward pass uses the same two tricks:
-    ``grad_a`` is the band scattered into zeros times the same windows; ``grad_b`` gathers, for every
-    b-row, the ``P`` a-rows that read it (again one overlapping window) against the scattered gradient.
+    block of one sample, ``H`` rows. ``a_rows`` holds every unit's rows, ``b_rows`` too, each
+    ``wb + 2k`` columns wide (the block and ``k`` neighbours either side), after ``k`` zero rows. So
+    a-row ``r`` meets b-rows ``r .. r + P - 1``: the ``P`` rows around it. Those rows are contiguous in
+    memory, so one overlapping ``as_strided`` view gives every a-row its ``(P * (wb + 2k), C)`` window
+    and a single ``bmm`` computes all products; the output is the band ``x' = x + v`` of each
+    ``(wb, P * (wb + 2k))`` result. Near the top and bottom edges a window reaches into the unit before
+    or after; those displacements are zeroed in the output (``_zero_outside``), and in a copy of the
+    incoming gradient. The backward pass uses the same two tricks: ``grad_a`` is the band scattered
+    into zeros times the same windows; ``grad_b`` gathers, for every b-row, the ``P`` a-rows that read
+    it (again one overlapping window) against the scattered gradient.
 
-    The row layouts are copied straight from the inputs, whatever their strides (a few large copies per
-    ``_LAYOUT_BYTES`` of layout); the products then run in chunks of about ``_CHUNK_BYTES`` (CPU only),
-    whose scores and scattered gradients stay in cache and are never allocated at the size of the whole
-    batch. Only the inputs are saved; the backward pass rebuilds the row layouts.
+    The maps go through in chunks of about ``_CHUNK_BYTES`` of row layouts and products (CPU only): the
+    layouts are copied straight from the inputs, whatever their strides, in a few large copies per chunk,
+    and are still in cache when the chunk's one ``bmm`` reads them; nothing is allocated at the size of
+    the whole batch but the output. Only the inputs are saved; the backward pass rebuilds the layouts.
     """
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, patch_size: int) -> torch.Tensor:
         """``(n, C, H, W)`` maps -> ``(n, H, W, P, P)`` correlation."""
-        n, _, height, width = a.shape
+        n, channels, height, width = a.shape
         grid = _Grid(width, height, patch_size)
         dtype = _compute_dtype(a, b)
         out = torch.empty(
             (n, height, grid.padded_width, patch_size, patch_size), dtype=dtype, device=a.device
         )
         scratch = _Scratch(a, dtype)
-        for start, end in grid.layout_chunks(n, a.shape[1], a.device):
+        for start, end in grid.chunks(n, channels, a.device):
             a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
-            for first, last in grid.product_chunks(end - start, a.device):
-                offset, rows = grid.unit_rows(first), grid.product_rows(last - first)
-                windows = _windows(b_rows[offset:], rows, patch_size).transpose(1, 2)
-                scores = torch.bmm(
-                    a_store[patch_size - 1 + offset :][:rows],
-                    windows,
-                    out=scratch.take("scores", (rows, grid.block_width, windows.shape[2])),
-                )
-                band = _band(scores, last - first, height, grid.blocks, patch_size)
-                out[start + first : start + last].view(band.shape).copy_(band)
+            rows = grid.unit_rows(end - start)
+            windows = _windows(b_rows, rows, patch_size).transpose(1, 2)
+            scores = torch.bmm(
+                a_store[grid.k : grid.k + rows],
+                windows,
+                out=scratch.take("scores", (rows, grid.block_width, windows.shape[2])),
+            )
+            band = _band(scores, end - start, grid)
+            out[start:end].view(band.shape).copy_(band)
+        _zero_outside(out.view(n, height, grid.blocks, grid.block_width, patch_size, patch_size), grid.k)
         if grid.padded_width != width:
             out = out[:, :, :width].contiguous()
         ctx.save_for_backward(a, b)
@@ -224,69 +233,61 @@ class _BandCorrelation(torch.autograd.Function):
         n, channels, height, width = a.shape
         grid = _Grid(width, height, patch_size)
         blocks, block_width, k = grid.blocks, grid.block_width, grid.k
-        window_width, rows_per_unit = block_width + 2 * k, height + k
+        window_width = block_width + 2 * k
         dtype = _compute_dtype(a, b)
-        grad = grad.to(dtype)
-        if grid.padded_width != width:
-            grad = F.pad(grad, (0, 0, 0, 0, 0, grid.padded_width - width))
-        grad = grad.reshape(n, height, blocks, block_width, patch_size, patch_size)
         needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Channels last (returned as (n, C, H, W) views): written from the row layouts in runs of whole
         # pixels, which transposing to (n, C, H, W) here would not be.
         grad_a = a.new_empty(n, height, grid.padded_width, channels) if needs_a else None
         grad_b = b.new_empty(n, height, width, channels) if needs_b else None
         scratch = _Scratch(a, dtype)
-        for start, end in grid.layout_chunks(n, a.shape[1], a.device):
-            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
+        for start, end in grid.chunks(n, channels, a.device):
             count = end - start
-            unit_rows = grid.unit_rows(count)
+            rows = grid.unit_rows(count)
+            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
+            # The products read every gradient: those of the zeroed displacements must be 0 (a copy).
+            masked = scratch.take("grad", (count, height, blocks, block_width, patch_size, patch_size))
+            by_column = masked.view(count, height, grid.padded_width, patch_size, patch_size)
+            by_column[:, :, :width] = grad[start:end]
+            by_column[:, :, width:].zero_()
+            _zero_outside(masked, k)
             if grad_a is not None:
-                grad_rows = scratch.take("grad_rows", (unit_rows, block_width, channels))
-            for first, last in grid.product_chunks(count, a.device):
-                offset, chunk_grad = grid.unit_rows(first), grad[start + first : start + last]
-                if grad_a is not None:
-                    rows = grid.product_rows(last - first)
-                    spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
-                    _band(spread, last - first, height, blocks, patch_size).copy_(chunk_grad)
-                    torch.bmm(
-                        spread,
-                        _windows(b_rows[offset:], rows, patch_size),
-                        out=grad_rows[offset : offset + rows],
-                    )
-            if grad_a is not None:
-                by_unit = grad_rows.view(count, blocks, rows_per_unit, block_width, channels)[:, :, :height]
-                grad_a[start:end].view(count, height, blocks, block_width, channels).copy_(
-                    by_unit.transpose(1, 2)
+                spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
+                _band(spread, count, grid).copy_(masked)
+                grad_rows = torch.bmm(
+                    spread,
+                    _windows(b_rows, rows, patch_size),
+                    out=scratch.take("grad_rows", (rows, block_width, channels)),
                 )
-            if grad_b is None:
-                continue
-            # Room for every unit's rows, and for the k rows that the last b-rows' products spill past them.
-            grad_rows = scratch.take("grad_rows", (unit_rows + k, window_width, channels))
-            for first, last in grid.product_chunks(count, a.device):
-                offset, chunk_grad = grid.unit_rows(first), grad[start + first : start + last]
-                # b-row rho, column t: sum over (u, x) of grad[a-row rho - u, x, u, t - x] * a[rho - u, x].
-                # Scatter the gradient into (rho, P - 1 - u, x, t) so that, for every rho, the P a-rows
-                # rho - P + 1 .. rho form one contiguous window of a (after P - 1 leading zero rows); t
-                # last, so that the scatter writes runs of P values. The last unit's bottom neighbours
-                # spill k rows past it.
-                rows = grid.unit_rows(last - first) + k
-                spread = scratch.take("spread", (rows, patch_size, block_width, window_width), zero=True)
+                grad_a[start:end].view(count, height, blocks, block_width, channels).copy_(
+                    grad_rows.view(count, blocks, height, block_width, channels).transpose(1, 2)
+                )
+            if grad_b is not None:
+                # b-row rho (after the k zero rows), column t: sum over (u, x) of
+                # grad[a-row rho + k - u, x, u, t - x] * a[rho + k - u, x]. Scatter the gradient into
+                # (rho, P - 1 - u, x, t) so that, for every rho, the P a-rows rho - k .. rho + k form one
+                # contiguous window of a_rows; t last, so that the scatter writes runs of P values.
+                # Gradients that land before the first or after the last b-row of the chunk are zeroed
+                # ones (they met other units); k spare rows either side take them.
+                spread = scratch.take(
+                    "spread", (rows + 2 * k, patch_size, block_width, window_width), zero=True
+                )
                 t0, t1, t2, t3 = spread.stride()
                 spread.as_strided(
-                    chunk_grad.shape,
-                    (blocks * rows_per_unit * t0, t0, rows_per_unit * t0, t2 + t3, t0 - t1, t3),
+                    masked.shape,
+                    (blocks * height * t0, t0, height * t0, t2 + t3, t0 - t1, t3),
                     (patch_size - 1) * t1,
-                ).copy_(chunk_grad)
-                torch.bmm(
-                    spread.view(rows, -1, window_width).transpose(1, 2),
-                    _windows(a_store[offset:], rows, patch_size),
-                    out=grad_rows[offset : offset + rows],
+                ).copy_(masked)
+                grad_rows = torch.bmm(
+                    spread[k : k + rows].view(rows, -1, window_width).transpose(1, 2),
+                    _windows(a_store, rows, patch_size),
+                    out=scratch.take("grad_rows", (rows, window_width, channels)),
                 )
-            grad_units = grad_rows[:unit_rows].view(count, blocks, rows_per_unit, window_width, channels)
-            summed = _overlap_add_columns(
-                grad_units[:, :, k:], block_width
-            )  # (count, H, blocks * wb + 2k, C)
-            grad_b[start:end] = summed[:, :, k : k + width]
+                grad_units = grad_rows.view(count, blocks, height, window_width, channels)
+                summed = _overlap_add_columns(
+                    grad_units, block_width, scratch
+                )  # (count, H, blocks*wb + 2k, C)
+                grad_b[start:end] = summed[:, :, k : k + width]
         if grad_a is not None:
             grad_a = grad_a[:, :, :width].permute(0, 3, 1, 2)
         if grad_b is not None:
@@ -294,10 +295,10 @@ class _BandCorrelation(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
-# Products per chunk of maps: about a core's L2 cache (1 MiB measured best of 256 KiB to 8 MiB).
-_CHUNK_BYTES = 2 << 20
-# Row layouts built at a time: large copies (few calls) that still stay in the last-level cache.
-_LAYOUT_BYTES = 4 << 20
+# The row layouts and products of one chunk of maps: about 6 MiB, so that they stay in the last-level
+# cache between the copies that build them and the products that read them (chunks of 8 maps at 24 x 24,
+# 64 channels measured best of 4 to 80).
+_CHUNK_BYTES = 6 << 20
 
 
 class _Grid:
@@ -307,25 +308,18 @@ class _Grid:
         self.patch_size, self.height, self.k = patch_size, height, patch_size // 2
         self.blocks, self.block_width = _column_blocks(width, patch_size)
         self.padded_width = self.blocks * self.block_width
-        self.rows_per_unit = height + self.k
 
     def unit_rows(self, count: int) -> int:
         """Rows of ``count`` maps' units in the row layouts."""
-        return count * self.blocks * self.rows_per_unit
+        return count * self.blocks * self.height
 
-    def product_rows(self, count: int) -> int:
-        """a-rows of ``count`` maps that need products: all but the last unit's ``k`` zero rows."""
-        return self.unit_rows(count) - self.k
-
-    def layout_chunks(self, n: int, channels: int, device: torch.device) -> list[tuple[int, int]]:
-        """``(start, end)`` ranges of maps whose row layouts take about ``_LAYOUT_BYTES``."""
-        per_map = self.unit_rows(1) * (2 * self.block_width + 2 * self.k) * channels * 4
-        return _ranges(n, _LAYOUT_BYTES // per_map, device)
-
-    def product_chunks(self, n: int, device: torch.device) -> list[tuple[int, int]]:
-        """``(start, end)`` ranges of maps whose products take about ``_CHUNK_BYTES``."""
-        window = self.patch_size * (self.block_width + 2 * self.k)
-        return _ranges(n, _CHUNK_BYTES // (self.unit_rows(1) * self.block_width * window * 4), device)
+    def chunks(self, n: int, channels: int, device: torch.device) -> list[tuple[int, int]]:
+        """``(start, end)`` ranges of maps whose row layouts and products take about ``_CHUNK_BYTES``."""
+        window_width = self.block_width + 2 * self.k
+        per_row = (
+            self.block_width + window_width
+        ) * channels + self.block_width * self.patch_size * window_width
+        return _ranges(n, _CHUNK_BYTES // (self.unit_rows(1) * per_row * 4), device)
 
 
 def _ranges(n: int, step: int, device: torch.device) -> list[tuple[int, int]]:
@@ -376,54 +370,43 @@ def _row_layouts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``a`` and ``b`` ``(n, C, H, W)`` in the row layouts of ``_BandCorrelation``.
 
-    ``a_store`` has ``P - 1`` zero rows before the units and ``k`` after them, so that the backward
-    pass can read windows of ``P`` rows ending at every row in place; only those and the ``k`` zero rows
-    of each unit are cleared. The copies read the inputs in place (transposing to channels last) and
-    cast them to the scratch dtype.
+    Both have ``k`` zero rows before the units and ``k`` after them: the windows of the first and last
+    rows read them (as zeros, so that no stale memory, say a NaN, meets a zero gradient). The copies
+    read the inputs in place (transposing to channels last) and cast them to the scratch dtype.
     """
     n, channels, height, width = a.shape
-    patch_size, k, block_width = grid.patch_size, grid.k, grid.block_width
+    k, block_width = grid.k, grid.block_width
     if grid.padded_width != width:
         a, b = F.pad(a, (0, grid.padded_width - width)), F.pad(b, (0, grid.padded_width - width))
     units = grid.unit_rows(n)
-    a_store = scratch.take("a_rows", (patch_size - 1 + units + k, block_width, channels))
-    a_store[: patch_size - 1].zero_()
-    a_store[patch_size - 1 + units :].zero_()
-    a_units = a_store[patch_size - 1 : patch_size - 1 + units].view(
-        n, grid.blocks, grid.rows_per_unit, block_width, channels
-    )
-    a_units[:, :, :height] = _by_block(a, grid)
-    a_units[:, :, height:].zero_()
-    b_rows = scratch.take("b_rows", (units + k + 1, block_width + 2 * k, channels))
-    return a_store, _block_rows(b, grid, b_rows)
+    a_store = scratch.take("a_rows", (units + 2 * k, block_width, channels))
+    a_store[:k].zero_()
+    a_store[k + units :].zero_()
+    a_store[k : k + units].view(n, grid.blocks, height, block_width, channels).copy_(_by_block(a, grid))
+    b_rows = scratch.take("b_rows", (units + 2 * k, block_width + 2 * k, channels))
+    b_rows[:k].zero_()
+    b_rows[k + units :].zero_()
+    _block_rows(b, grid, b_rows[k : k + units].view(n, grid.blocks, height, block_width + 2 * k, channels))
+    return a_store, b_rows
 
 
-def _block_rows(b: torch.Tensor, grid: _Grid, b_rows: torch.Tensor) -> torch.Tensor:
-    """``b`` ``(n, C, H, blocks * wb)`` as the b-rows of ``_BandCorrelation``: ``(units * (H + k) + k + 1,
-    wb + 2k, C)``.
+def _block_rows(b: torch.Tensor, grid: _Grid, units: torch.Tensor) -> None:
+    """Write ``b`` ``(n, C, H, blocks * wb)`` into ``units`` ``(n, blocks, H, wb + 2k, C)``: every block
+    with ``k`` neighbour columns either side (zeros beyond the map).
 
-    Every unit is ``k`` zero rows, then the block's ``H`` rows with ``k`` neighbour columns either side
-    (zeros beyond the map); ``k + 1`` zero rows close the store (the last unit's bottom neighbours and
-    the end of the last window). The blocks are copied from ``b``, their neighbour columns from the
-    blocks beside them in the store (contiguous runs); only the zero parts are cleared.
+    The blocks are copied from ``b``, their neighbour columns from the blocks beside them in ``units``
+    (contiguous runs); only the zero columns are cleared.
     """
-    n, _, height, _ = b.shape
     k, block_width = grid.k, grid.block_width
-    units = grid.unit_rows(n)
-    b_rows[units:].zero_()
-    b_units = b_rows[:units].view(n, grid.blocks, grid.rows_per_unit, block_width + 2 * k, b_rows.shape[2])
-    b_units[:, :, :k].zero_()
-    body = b_units[:, :, k:]  # (n, blocks, H, wb + 2k, C)
     if block_width < k:  # neighbours reach past the next block: cut them from a padded copy
         padded = F.pad(b, (k, k))
-        body.copy_(padded.unfold(3, block_width + 2 * k, block_width).permute(0, 3, 2, 4, 1))
-        return b_rows
-    body[:, :, :, k : k + block_width] = _by_block(b, grid)
-    body[:, 1:, :, :k] = body[:, :-1, :, block_width : block_width + k]  # left: end of the block before
-    body[:, :1, :, :k].zero_()
-    body[:, :-1, :, k + block_width :] = body[:, 1:, :, k : 2 * k]  # right: start of the next block
-    body[:, -1:, :, k + block_width :].zero_()
-    return b_rows
+        units.copy_(padded.unfold(3, block_width + 2 * k, block_width).permute(0, 3, 2, 4, 1))
+        return
+    units[:, :, :, k : k + block_width] = _by_block(b, grid)
+    units[:, 1:, :, :k] = units[:, :-1, :, block_width : block_width + k]  # left: end of the block before
+    units[:, :1, :, :k].zero_()
+    units[:, :-1, :, k + block_width :] = units[:, 1:, :, k : 2 * k]  # right: start of the next block
+    units[:, -1:, :, k + block_width :].zero_()
 
 
 def _windows(row_store: torch.Tensor, rows: int, patch_size: int) -> torch.Tensor:
@@ -435,7 +418,7 @@ def _windows(row_store: torch.Tensor, rows: int, patch_size: int) -> torch.Tenso
     return row_store.as_strided((rows, patch_size * width, channels), (width * channels, channels, 1))
 
 
-def _overlap_add_columns(units: torch.Tensor, block_width: int) -> torch.Tensor:
+def _overlap_add_columns(units: torch.Tensor, block_width: int, scratch: _Scratch) -> torch.Tensor:
     """Sum overlapping column blocks ``(n, blocks, H, wb + 2k, C)`` into ``(n, H, blocks * wb + 2k, C)``.
 
     Block ``j`` starts at column ``j * wb``; it is added in pieces of ``wb`` columns so that each piece
@@ -443,7 +426,7 @@ def _overlap_add_columns(units: torch.Tensor, block_width: int) -> torch.Tensor:
     """
     n, blocks, height, window_width, channels = units.shape
     pieces = math.ceil(window_width / block_width)
-    total = units.new_empty(n, height, (blocks + pieces - 1) * block_width, channels)
+    total = scratch.take("total", (n, height, (blocks + pieces - 1) * block_width, channels))
     covered = blocks * block_width
     total[:, :, covered:].zero_()  # the first piece writes (not adds) everything before this
     for piece in range(pieces):

@@ -252,7 +252,7 @@ class _BandCorrelation(torch.autograd.Function):
             by_column[:, :, width:].zero_()
             _zero_outside(masked, k)
             if grad_a is not None:
-                spread = scratch.take("spread", (rows, block_width, patch_size * window_width), zero=True)
+                spread = scratch.take_sparse("spread_a", (rows, block_width, patch_size * window_width))
                 _band(spread, count, grid).copy_(masked)
                 grad_rows = torch.bmm(
                     spread,
@@ -269,8 +269,8 @@ class _BandCorrelation(torch.autograd.Function):
                 # contiguous window of a_rows; t last, so that the scatter writes runs of P values.
                 # Gradients that land before the first or after the last b-row of the chunk are zeroed
                 # ones (they met other units); k spare rows either side take them.
-                spread = scratch.take(
-                    "spread", (rows + 2 * k, patch_size, block_width, window_width), zero=True
+                spread = scratch.take_sparse(
+                    "spread_b", (rows + 2 * k, patch_size, block_width, window_width)
                 )
                 t0, t1, t2, t3 = spread.stride()
                 spread.as_strided(
@@ -345,6 +345,7 @@ class _Scratch:
     def __init__(self, like: torch.Tensor, dtype: torch.dtype) -> None:
         self.device, self.dtype = like.device, dtype
         self.buffers: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self.reuse = not torch.compiler.is_compiling()
 
     def take(self, name: str, shape: tuple[int, ...], zero: bool = False) -> torch.Tensor:
@@ -358,6 +359,15 @@ class _Scratch:
             buffer = self.buffers[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
         view = buffer[:numel].view(shape)
         return view.zero_() if zero else view
+
+    def take_sparse(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Buffer ``name`` for a user that writes the same entries of ``shape`` on every take: the others
+        stay zero, so the buffer is zeroed only when it is new or its shape changes."""
+        if not self.reuse:
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        fresh = self.shapes.get(name) != shape
+        self.shapes[name] = shape
+        return self.take(name, shape, zero=fresh)
 
 
 def _by_block(x: torch.Tensor, grid: _Grid) -> torch.Tensor:

@@ -97,6 +97,17 @@ def test_band_correlation_reads_strided_inputs_in_place(monkeypatch: pytest.Monk
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_band_correlation_chunks_of_unequal_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short last chunk, reusing buffers sized and filled by the longer ones."""
+    monkeypatch.setattr(ops, "_ranges", lambda n, step, device: [(0, 4), (4, n)])
+    a = torch.randn(6, 5, 7, 12, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 5, 7, 12, dtype=torch.float64, requires_grad=True)
+    fast, slow = ops.local_correlation(a, b, 5), ops.local_correlation_reference(a, b, 5)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    for got, want in zip(gradients(fast, [a, b]), gradients(slow, [a, b]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_band_correlation_zeroes_edges_even_with_non_finite_neighbours() -> None:
     """Windows at a map's top and bottom rows reach into the next map: its values must not leak in."""
     a = torch.randn(2, 4, 6, 8, dtype=torch.float64)

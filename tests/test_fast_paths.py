@@ -37,7 +37,7 @@ def gradients(output: torch.Tensor, inputs: list[torch.Tensor], seed: int = 0) -
 
 @pytest.mark.parametrize("patch", [1, 3, 5, 9])
 @pytest.mark.parametrize(("height", "width"), [(14, 14), (5, 13), (24, 24), (3, 2), (7, 16)])
-@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1])
+@pytest.mark.parametrize("chunk_bytes", [ops._CHUNK_BYTES, 1])
 def test_band_correlation_and_gradients_match_reference(
     patch: int, height: int, width: int, chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

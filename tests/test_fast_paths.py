@@ -125,11 +125,19 @@ def test_band_correlation_output_is_a_view_of_planes() -> None:
 
 
 def test_band_correlation_bfloat16_autocast() -> None:
-    a, b = torch.randn(4, 16, 9, 9), torch.randn(4, 16, 9, 9)
+    """Products in bfloat16 under autocast; the gradients come back in the inputs' float32."""
+    a = torch.randn(4, 16, 9, 9, requires_grad=True)
+    b = torch.randn(4, 16, 9, 9, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = ops.local_correlation(a, b, 9)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ops.local_correlation_reference(a, b, 9), rtol=0.05, atol=0.1)
+    slow = ops.local_correlation_reference(a, b, 9)
+    torch.testing.assert_close(out.float(), slow, rtol=0.05, atol=0.1)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    fast_grads = torch.autograd.grad(out, [a, b], g.bfloat16())
+    for got, want in zip(fast_grads, torch.autograd.grad(slow, [a, b], g), strict=True):
+        assert got.dtype == torch.float32
+        assert (got - want).abs().max() <= 0.01 * want.abs().max()
 
 
 @pytest.mark.parametrize(("patch", "hidden"), [(9, 64), (3, 6), (5, 8), (7, 16), (1, 4)])

@@ -83,7 +83,7 @@ def test_band_correlation_one_input_needs_grad() -> None:
 
 
 def test_band_correlation_reads_strided_inputs_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Channels-last and expanded (one anchor against several contexts) inputs, two maps per chunk."""
+    """Channels-last and expanded (one anchor against several contexts) inputs, one map per chunk."""
     monkeypatch.setattr(ops, "_CHUNK_BYTES", 1)
     generator = torch.Generator().manual_seed(3)
     anchor = torch.randn(2, 1, 6, 11, 10, dtype=torch.float64, generator=generator)

@@ -208,11 +208,11 @@ class _BandCorrelation(torch.autograd.Function):
         )
         scratch = _Scratch(a, dtype)
         for start, end in grid.chunks(n, channels, a.device):
-            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
+            a_rows, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
             rows = grid.unit_rows(end - start)
             windows = _windows(b_rows, rows, patch_size).transpose(1, 2)
             scores = torch.bmm(
-                a_store[grid.k : grid.k + rows],
+                a_rows[grid.k : grid.k + rows],
                 windows,
                 out=scratch.take("scores", (rows, grid.block_width, windows.shape[2])),
             )
@@ -245,7 +245,7 @@ class _BandCorrelation(torch.autograd.Function):
         for start, end in grid.chunks(n, channels, a.device):
             count = end - start
             rows = grid.unit_rows(count)
-            a_store, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
+            a_rows, b_rows = _row_layouts(a[start:end], b[start:end], grid, scratch)
             # The products read every gradient: those of the zeroed displacements must be 0 (a copy).
             masked = scratch.take("grad", (count, height, blocks, block_width, patch_size, patch_size))
             by_column = masked.view(count, height, grid.padded_width, patch_size, patch_size)
@@ -281,7 +281,7 @@ class _BandCorrelation(torch.autograd.Function):
                 ).copy_(masked)
                 grad_rows = torch.bmm(
                     spread[k : k + rows].view(rows, -1, window_width).transpose(1, 2),
-                    _windows(a_store, rows, patch_size),
+                    _windows(a_rows, rows, patch_size),
                     out=scratch.take("grad_rows", (rows, window_width, channels)),
                 )
                 grad_units = grad_rows.view(count, blocks, height, window_width, channels)
@@ -390,15 +390,15 @@ def _row_layouts(
     if grid.padded_width != width:
         a, b = F.pad(a, (0, grid.padded_width - width)), F.pad(b, (0, grid.padded_width - width))
     units = grid.unit_rows(n)
-    a_store = scratch.take("a_rows", (units + 2 * k, block_width, channels))
-    a_store[:k].zero_()
-    a_store[k + units :].zero_()
-    a_store[k : k + units].view(n, grid.blocks, height, block_width, channels).copy_(_by_block(a, grid))
+    a_rows = scratch.take("a_rows", (units + 2 * k, block_width, channels))
+    a_rows[:k].zero_()
+    a_rows[k + units :].zero_()
+    a_rows[k : k + units].view(n, grid.blocks, height, block_width, channels).copy_(_by_block(a, grid))
     b_rows = scratch.take("b_rows", (units + 2 * k, block_width + 2 * k, channels))
     b_rows[:k].zero_()
     b_rows[k + units :].zero_()
     _block_rows(b, grid, b_rows[k : k + units].view(n, grid.blocks, height, block_width + 2 * k, channels))
-    return a_store, b_rows
+    return a_rows, b_rows
 
 
 def _block_rows(b: torch.Tensor, grid: _Grid, units: torch.Tensor) -> None:

@@ -217,8 +217,9 @@ class _BandCorrelation(torch.autograd.Function):
                 out=scratch.take("scores", (rows, grid.block_width, windows.shape[2])),
             )
             band = _band(scores, end - start, grid)
-            out[start:end].view(band.shape).copy_(band)
-        _zero_outside(out.view(n, height, grid.blocks, grid.block_width, patch_size, patch_size), grid.k)
+            chunk_out = out[start:end].view(band.shape)
+            chunk_out.copy_(band)
+            _zero_outside(chunk_out, grid.k)
         if grid.padded_width != width:
             out = out[:, :, :width].contiguous()
         ctx.save_for_backward(a, b)

@@ -285,11 +285,18 @@ class _BandCorrelation(torch.autograd.Function):
                     _windows(a_rows, rows, patch_size),
                     out=scratch.take("grad_rows", (rows, window_width, channels)),
                 )
-                grad_units = grad_rows.view(count, blocks, height, window_width, channels)
-                summed = _overlap_add_columns(
-                    grad_units, block_width, scratch
-                )  # column j is image column j - k
-                grad_b[start:end] = summed[:, :, k : k + width]
+                windows = grad_rows.view(count, blocks, height, window_width, channels).transpose(1, 2)
+                if grid.padded_width == width and block_width >= k:
+                    # Each block's own columns, plus the k neighbour columns either side that it
+                    # reached into, added to the blocks beside it (those beyond the map dropped).
+                    by_block = grad_b[start:end].view(count, height, blocks, block_width, channels)
+                    by_block.copy_(windows[:, :, :, k : k + block_width])
+                    by_block[:, :, :-1, block_width - k :] += windows[:, :, 1:, :k]
+                    by_block[:, :, 1:, :k] += windows[:, :, :-1, k + block_width :]
+                else:
+                    # Image column j - k in column j.
+                    summed = _overlap_add_columns(windows.transpose(1, 2), block_width)
+                    grad_b[start:end] = summed[:, :, k : k + width]
         if grad_a is not None:
             grad_a = grad_a[:, :, :width].permute(0, 3, 1, 2)
         if grad_b is not None:
@@ -430,7 +437,7 @@ def _windows(row_store: torch.Tensor, rows: int, patch_size: int) -> torch.Tenso
     return row_store.as_strided((rows, patch_size * width, channels), (width * channels, channels, 1))
 
 
-def _overlap_add_columns(units: torch.Tensor, block_width: int, scratch: _Scratch) -> torch.Tensor:
+def _overlap_add_columns(units: torch.Tensor, block_width: int) -> torch.Tensor:
     """Sum overlapping column blocks ``(n, blocks, H, wb + 2k, C)`` into ``(n, H, blocks * wb + 2k, C)``.
 
     Block ``j`` starts at column ``j * wb``; it is added in pieces of ``wb`` columns so that each piece
@@ -438,7 +445,7 @@ def _overlap_add_columns(units: torch.Tensor, block_width: int, scratch: _Scratc
     """
     n, blocks, height, window_width, channels = units.shape
     pieces = math.ceil(window_width / block_width)
-    total = scratch.take("total", (n, height, (blocks + pieces - 1) * block_width, channels))
+    total = units.new_empty(n, height, (blocks + pieces - 1) * block_width, channels)
     covered = blocks * block_width
     total[:, :, covered:].zero_()  # the first piece writes (not adds) everything before this
     for piece in range(pieces):

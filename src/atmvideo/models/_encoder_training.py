@@ -253,22 +253,18 @@ class _EncoderTraining(torch.autograd.Function):
             layer4.mean, layer4.invstd, True, ctx.eps, [True, True, True],
         )  # fmt: skip
 
-        # Layer 4's convolution (its kernel covers each plane: a matrix product per kernel row, batched;
-        # the convolution kernel's backward pass does not use a second thread here); the masked
-        # gradient of layer 3's output and its BatchNorm sums.
-        size, hidden = sizes[2], last_weight.shape[0]
-        kernel_rows = last_weight.permute(2, 0, 3, 1).reshape(size, hidden, -1)  # (ky, out, (kx, in))
-        kernel_rows_grad = torch.zeros_like(kernel_rows)
+        # Layer 4's convolution; the masked gradient of layer 3's output and its BatchNorm sums.
+        last_grad = torch.zeros_like(last_weight)
         masked3, sums3, start = [], _zero_sums(layer3), 0
         for y in third_out:
-            count = y.shape[-1] // size
-            relu_rows = _channels_last_rows(_third_relu(layer3, y))  # (ky, count * kx, in)
-            g = grad_last[start : start + count]
-            kernel_rows_grad.baddbmm_(g.t().expand(size, -1, -1), relu_rows.reshape(size, count, -1))
-            grad_rows = torch.bmm(g.expand(size, -1, -1), kernel_rows).view(relu_rows.shape)
-            masked3.append(_masked_sums(grad_rows, relu_rows, _channels_last_rows(y), sums3))
+            count = y.shape[-1] // sizes[2]
+            relu_out = _third_relu(layer3, y)
+            g_out = grad_last[start : start + count].view(1, 1, count, -1).permute(0, 3, 1, 2)
+            grad_in, grad_w, _ = _conv_backward(g_out, relu_out, last_weight, sizes[2])
+            last_grad += grad_w
+            rows = (_channels_last_rows(t) for t in (grad_in, relu_out, y))
+            masked3.append(_masked_sums(*rows, sums3))
             start += count
-        last_grad = kernel_rows_grad.view(size, hidden, size, -1).permute(1, 3, 0, 2).contiguous()
 
         def backward_through(outputs, inputs, masked, layer, sums, weight, make_input):
             a, b, c, weight_grad_bn, bias_grad_bn = layer.input_gradient(*sums)

@@ -181,15 +181,15 @@ class _BandCorrelation(torch.autograd.Function):
     Layout (channels last, ``k = P // 2``): the columns are cut into ``blocks`` of ``wb``; a "unit" is one
     block of one sample, ``H`` rows. ``a_rows`` holds every unit's rows, ``wb`` columns wide, and
     ``b_rows`` too, ``wb + 2k`` columns wide (the block and ``k`` neighbours either side), the units
-    one after the other in both, after ``k`` zero rows. So
-    a-row ``r`` meets b-rows ``r .. r + P - 1``: the ``P`` rows around it. Those rows are contiguous in
-    memory, so one overlapping ``as_strided`` view gives every a-row its ``(P * (wb + 2k), C)`` window
-    and a single ``bmm`` computes all products; the output is the band ``x' = x + v`` of each
-    ``(wb, P * (wb + 2k))`` result. Near the top and bottom edges a window reaches into the unit before
-    or after; those displacements are zeroed in the output (``_zero_outside``), and in a copy of the
-    incoming gradient. The backward pass uses the same two tricks: ``grad_a`` is the band scattered
-    into zeros times the same windows; ``grad_b`` gathers, for every b-row, the ``P`` a-rows that read
-    it (again one overlapping window) against the scattered gradient.
+    one after the other in both, after ``k`` zero rows. So a-row ``r`` meets b-rows ``r .. r + P - 1``:
+    the ``P`` rows around it. Those rows are contiguous in memory, so one overlapping ``as_strided``
+    view gives every a-row its ``(P * (wb + 2k), C)`` window and a single ``bmm`` computes all products;
+    the output is the band ``x' = x + v`` of each ``(wb, P * (wb + 2k))`` result. Near the top and
+    bottom edges a window reaches into the unit before or after; those displacements are zeroed in the
+    output (``_zero_outside``), and in a copy of the incoming gradient. The backward pass uses the same
+    two tricks: ``grad_a`` is the band scattered into zeros times the same windows; ``grad_b`` gathers,
+    for every b-row, the ``P`` a-rows that read it (again one overlapping window) against the
+    scattered gradient.
 
     The maps go through in chunks of about ``_CHUNK_BYTES`` of row layouts and products (CPU only): the
     layouts are copied straight from the inputs, whatever their strides, in a few large copies per chunk,
@@ -234,8 +234,7 @@ class _BandCorrelation(torch.autograd.Function):
         patch_size = ctx.patch_size
         n, channels, height, width = a.shape
         grid = _Grid(width, height, patch_size)
-        blocks, block_width, k = grid.blocks, grid.block_width, grid.k
-        window_width = block_width + 2 * k
+        blocks, block_width, window_width, k = grid.blocks, grid.block_width, grid.window_width, grid.k
         dtype = _compute_dtype(a, b)
         needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Channels last (returned as (n, C, H, W) views): written from the row layouts in runs of whole
@@ -317,6 +316,7 @@ class _Grid:
         self.patch_size, self.height, self.k = patch_size, height, patch_size // 2
         self.blocks, self.block_width = _column_blocks(width, patch_size)
         self.padded_width = self.blocks * self.block_width
+        self.window_width = self.block_width + 2 * self.k  # a block and k neighbour columns either side
 
     def unit_rows(self, count: int) -> int:
         """Rows of ``count`` maps' units in the row layouts."""
@@ -324,10 +324,8 @@ class _Grid:
 
     def chunks(self, n: int, channels: int, device: torch.device) -> list[tuple[int, int]]:
         """``(start, end)`` ranges of maps whose row layouts and products take about ``_CHUNK_BYTES``."""
-        window_width = self.block_width + 2 * self.k
-        per_row = (
-            self.block_width + window_width
-        ) * channels + self.block_width * self.patch_size * window_width
+        per_row = (self.block_width + self.window_width) * channels
+        per_row += self.block_width * self.patch_size * self.window_width
         return _ranges(n, _CHUNK_BYTES // (self.unit_rows(1) * per_row * 4), device)
 
 
@@ -402,10 +400,10 @@ def _row_layouts(
     a_rows[:k].zero_()
     a_rows[k + units :].zero_()
     a_rows[k : k + units].view(n, grid.blocks, height, block_width, channels).copy_(_by_block(a, grid))
-    b_rows = scratch.take("b_rows", (units + 2 * k, block_width + 2 * k, channels))
+    b_rows = scratch.take("b_rows", (units + 2 * k, grid.window_width, channels))
     b_rows[:k].zero_()
     b_rows[k + units :].zero_()
-    _block_rows(b, grid, b_rows[k : k + units].view(n, grid.blocks, height, block_width + 2 * k, channels))
+    _block_rows(b, grid, b_rows[k : k + units].view(n, grid.blocks, height, grid.window_width, channels))
     return a_rows, b_rows
 
 
@@ -419,7 +417,7 @@ def _block_rows(b: torch.Tensor, grid: _Grid, units: torch.Tensor) -> None:
     k, block_width = grid.k, grid.block_width
     if block_width < k:  # neighbours reach past the next block: cut them from a padded copy
         padded = F.pad(b, (k, k))
-        units.copy_(padded.unfold(3, block_width + 2 * k, block_width).permute(0, 3, 2, 4, 1))
+        units.copy_(padded.unfold(3, grid.window_width, block_width).permute(0, 3, 2, 4, 1))
         return
     units[:, :, :, k : k + block_width] = _by_block(b, grid)
     units[:, 1:, :, :k] = units[:, :-1, :, block_width : block_width + k]  # left: end of the block before

@@ -328,6 +328,34 @@ def test_band_correlation_under_torch_compile_with_bfloat16_autocast() -> None:
         torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("chunk_planes", [1024, 7])
+def test_encoder_training_pass_reads_no_unset_memory(chunk_planes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The images of the training pass are allocated unset and only their borders zeroed: with unset
+    memory filled with NaN, outputs and gradients must still be finite and equal the convolutions'."""
+    monkeypatch.setattr(_encoder_training, "CHUNK_PLANES", chunk_planes)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    torch.manual_seed(0)
+    fast = CorrelationEncoder(9, 16).double()
+    randomise_batch_norms(fast)
+    plain = copy.deepcopy(fast)
+    plain.fast = False
+    x = torch.randn(3, 9, 9, 4, 5, dtype=torch.float64)
+    x_fast, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # what makes torch.empty fill with NaN
+    try:
+        assert torch.empty(1, dtype=torch.float64).isnan().all()
+        out_fast = fast(x_fast)
+        got = gradients(out_fast, [x_fast, *fast.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    out_plain = plain(x_plain)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
+    want = gradients(out_plain, [x_plain, *plain.parameters()])
+    for g_fast, g_plain in zip(got, want, strict=True):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=1e-10)
+
+
 def test_encoder_traced_in_eval_mode_keeps_a_dynamic_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunking is off under ``torch.jit.trace``: a traced loop over chunks would fix the batch size."""
     monkeypatch.setattr(_encoder_training, "CHUNK_PLANES", 7)

@@ -17,10 +17,12 @@ per case). ``N`` maps of ``C`` channels: the default 80 is 8 frames x 5 pairs x 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -124,6 +126,21 @@ def time_interleaved(
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: the profiler's native library logs every start and
+    stop there (two lines per measurement, a hundred per table)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_mib(call: Callable[[], None], device: torch.device) -> float:
     """MiB allocated by ``call`` at its peak, beyond what was live before it."""
     if device.type == "cuda":
@@ -142,9 +159,12 @@ def peak_mib(call: Callable[[], None], device: torch.device) -> float:
 
     peaks = []
     for fn in (live_before, call):
-        with profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-        ) as prof:
+        with (
+            native_stderr_silenced(),
+            profile(
+                activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+            ) as prof,
+        ):
             fn()
         _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
         peaks.append(max((sum(row) for row in sizes), default=0))

@@ -1,7 +1,8 @@
 """The ATM module of an earlier commit against the working tree's: time per call, interleaved.
 
-Loads ``src/atmvideo/ops.py`` and ``src/atmvideo/models/atm.py`` as they were at ``--baseline`` (any git
-revision) next to the current ones; the rest of the package is the working tree's. Both modules get
+Loads ``src/atmvideo/ops.py``, ``src/atmvideo/models/_encoder_training.py`` and
+``src/atmvideo/models/atm.py`` as they were at ``--baseline`` (any git revision) next to the current
+ones; the rest of the package is the working tree's. Both modules get
 the same weights (random BatchNorm statistics and a non-zero projection, so that every path does
 real work) and the same input, the ``(B*T, C, H, W)`` output of res3 for one 8-frame clip by default
 (28x28 at 224 px: C = 128 for ResNet-18, 512 for ResNet-50). Training is forward plus backward of the
@@ -31,15 +32,37 @@ from atmvideo.models.atm import ATM
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The files of the module at a revision, and how ``atm.py`` imports the first two (older revisions
+# have no ``_encoder_training.py``).
+BASELINE_FILES = (
+    ("baseline_ops", "src/atmvideo/ops.py", "from atmvideo import ops as atm_ops"),
+    (
+        "baseline_encoder_training",
+        "src/atmvideo/models/_encoder_training.py",
+        "from atmvideo.models import _encoder_training",
+    ),
+    ("baseline_atm", "src/atmvideo/models/atm.py", None),
+)
+
+
 def load_baseline(revision: str) -> type[nn.Module]:
-    """The ``ATM`` class of ``revision``, with that revision's ``ops`` module behind it."""
+    """The ``ATM`` class of ``revision``, with that revision's ``ops`` and encoder training pass behind it."""
     modules = {}
-    for name, path in (
-        ("baseline_ops", "src/atmvideo/ops.py"),
-        ("baseline_atm", "src/atmvideo/models/atm.py"),
-    ):
-        source = subprocess.check_output(["git", "show", f"{revision}:{path}"], cwd=ROOT, text=True)
-        source = source.replace("from atmvideo import ops as atm_ops", "import baseline_ops as atm_ops")
+    imports = {}
+    for name, path, import_line in BASELINE_FILES:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{path}"], cwd=ROOT, text=True, capture_output=True, check=False
+        )
+        if shown.returncode != 0:
+            if name == "baseline_atm":
+                raise SystemExit(f"git show {revision}:{path} failed: {shown.stderr.strip()}")
+            continue
+        source = shown.stdout
+        if import_line is not None:
+            imports[import_line] = f"import {name} as {import_line.split()[-1]}"
+        else:
+            for line, replacement in imports.items():
+                source = source.replace(line, replacement)
         module = types.ModuleType(name)
         module.__file__ = f"<{revision}:{path}>"
         sys.modules[name] = module

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from atmvideo import ops
+from atmvideo.models import _encoder_training
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -100,6 +101,11 @@ def test_module_benchmark_compares_head_with_the_working_tree(capfd: pytest.Capt
     if not inside_git:
         pytest.skip("not a git checkout: the benchmark reads a revision's files with git")
     module_benchmark = load("atm_module")
+    baseline_atm = sys.modules[module_benchmark.load_baseline("HEAD").__module__]
+    # Every file of the module comes from the revision, the encoder's training pass included.
+    assert baseline_atm.atm_ops is not ops and baseline_atm.atm_ops.__file__ == "<HEAD:src/atmvideo/ops.py>"
+    assert baseline_atm._encoder_training is not _encoder_training
+    assert baseline_atm._encoder_training.__file__ == "<HEAD:src/atmvideo/models/_encoder_training.py>"
     threads = str(torch.get_num_threads())
     argv = ["--baseline", "HEAD", "--channels", "16", "--size", "8", "--repeats", "1", "--threads", threads]
     assert module_benchmark.main(argv) == 0

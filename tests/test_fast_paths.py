@@ -329,7 +329,9 @@ def test_band_correlation_under_torch_compile_with_bfloat16_autocast() -> None:
 
 
 @pytest.mark.parametrize("chunk_planes", [1024, 7])
-def test_encoder_training_pass_reads_no_unset_memory(chunk_planes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encoder_training_pass_reads_no_unset_memory(
+    chunk_planes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The images of the training pass are allocated unset and only their borders zeroed: with unset
     memory filled with NaN, outputs and gradients must still be finite and equal the convolutions'."""
     monkeypatch.setattr(_encoder_training, "CHUNK_PLANES", chunk_planes)

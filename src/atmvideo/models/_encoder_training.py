@@ -189,10 +189,18 @@ def _masked_sums(
 ) -> torch.Tensor:
     """``g * (relu_out > 0)``, in place (``g`` is always a fresh gradient), adding its ``sum`` and
     ``sum(* y)`` per channel (last axis) to ``sums``."""
-    g = g.mul_(relu_out > 0)
+    g = _relu_backward(g, relu_out, out=g)
     sums[0] += _channel_sum(g)
     sums[1] += _channel_sum(g * y)
     return g
+
+
+def _relu_backward(g: torch.Tensor, relu_out: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``g`` where ``relu_out > 0``, else 0: one pass (``g * (relu_out > 0)`` makes a boolean mask, then,
+    on CPU, a float copy of it before the product)."""
+    if out is None:
+        return torch.ops.aten.threshold_backward(g, relu_out, 0)
+    return torch.ops.aten.threshold_backward.grad_input(g, relu_out, 0, grad_input=out)
 
 
 def _channel_sum(x: torch.Tensor) -> torch.Tensor:
@@ -279,7 +287,7 @@ class _EncoderTraining(torch.autograd.Function):
 
         # Layer 4 is small ((M, hidden)): mask the ReLU and let the native kernel do its BatchNorm.
         grad_last, weight4, bias4 = torch.ops.aten.native_batch_norm_backward(
-            grad * (layer4.normalize_relu(last_out) > 0), last_out, layer4.weight, None, None,
+            _relu_backward(grad, layer4.normalize_relu(last_out)), last_out, layer4.weight, None, None,
             layer4.mean, layer4.invstd, True, ctx.eps, [True, True, True],
         )  # fmt: skip
 

@@ -149,23 +149,44 @@ class _Layer:
         return a, b, c, sum_g_xhat, sum_g
 
 
+class _Buffers:
+    """Tensors that every chunk writes afresh, allocated once per training step and shared by its forward
+    and backward passes: a fresh tensor of a few MB is memory the kernel maps and zeroes again on first
+    touch (page faults), once per chunk."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple[object, ...], torch.Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int], like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The tensor ``name`` of ``shape`` (``like``'s dtype and device), and whether it is new (unset)."""
+        key = (name, *shape)
+        tensor = self.tensors.get(key)
+        if tensor is not None:
+            return tensor, False
+        tensor = self.tensors[key] = like.new_empty(tuple(shape))
+        return tensor, True
+
+
 def _images(count: int) -> int:
     """How many images ``count`` planes are split over: the largest divisor of ``count`` up to
     ``MAX_IMAGES``, so that every image holds as many planes."""
     return next(images for images in range(min(MAX_IMAGES, count), 0, -1) if count % images == 0)
 
 
-def _row_grid(count: int, size: int, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_grid(
+    count: int, size: int, channels: int, like: torch.Tensor, buffers: _Buffers
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``(B, C, size + 2, per_image * (size + 1) + 1)`` channels-last batch of images for ``count``
-    planes, ``B = _images(count)``, zero but for the plane interiors (left unset), and the view of those
-    interiors as ``(B, size, per_image, size, C)``: image, row, plane, column, channel."""
+    planes, ``B = _images(count)``, zero but for the plane interiors (whatever the last chunk left, or
+    unset), and the view of those interiors as ``(B, size, per_image, size, C)``: image, row, plane,
+    column, channel."""
     images = _images(count)
     per_image = count // images
-    rows = like.new_empty(images, size + 2, per_image * (size + 1) + 1, channels)
-    # Only the zero rows and columns are written here: the caller writes every cell.
-    rows[:, 0].zero_()
-    rows[:, -1].zero_()
-    rows[:, 1:-1, :: size + 1].zero_()
+    rows, new = buffers.get("grid", (images, size + 2, per_image * (size + 1) + 1, channels), like)
+    if new:  # only the zero rows and columns: the caller writes every cell, every chunk
+        rows[:, 0].zero_()
+        rows[:, -1].zero_()
+        rows[:, 1:-1, :: size + 1].zero_()
     cells = rows[:, 1 : size + 1, : per_image * (size + 1)].unflatten(2, (per_image, size + 1))[:, :, :, 1:]
     return _as_image(rows), cells
 
@@ -237,6 +258,7 @@ class _EncoderTraining(torch.autograd.Function):
         channels = [bn.num_features for bn in bns]
         spans = [(start, min(start + CHUNK_PLANES, total)) for start in range(0, total, CHUNK_PLANES)]
 
+        buffers = _Buffers()
         first_out, moments = [], _Moments()
         for start, end in spans:
             y = planes[start:end] @ first_matrix
@@ -247,14 +269,14 @@ class _EncoderTraining(torch.autograd.Function):
 
         second_out, moments = [], _Moments()
         for y in first_out:
-            grid, _, _ = _second_input(wide1, y, sizes, channels)
+            grid, _, _ = _second_input(wide1, y, sizes, channels, buffers)
             second_out.append(F.conv2d(grid, second_weight, stride=2))
             moments.add(_channels_last_rows(second_out[-1]).reshape(-1, channels[1]))
         layer2 = moments.finish(bns[1], dtype)
 
         third_out, moments = [], _Moments()
         for y in second_out:
-            grid, _, _ = _third_input(layer2, y, sizes, channels)
+            grid, _, _ = _third_input(layer2, y, sizes, channels, buffers)
             third_out.append(F.conv2d(grid, third_weight, stride=2))
             moments.add(_channels_last_rows(third_out[-1]).reshape(-1, channels[2]))
         layer3 = moments.finish(bns[2], dtype)
@@ -273,6 +295,7 @@ class _EncoderTraining(torch.autograd.Function):
         ctx.save_for_backward(planes, first_matrix, second_weight, third_weight, last_weight, last_out)
         ctx.outputs = (first_out, second_out, third_out)
         ctx.layers = (layer1, wide1, layer2, layer3, layer4)
+        ctx.buffers = buffers
         ctx.sizes, ctx.channels, ctx.eps = sizes, channels, bns[3].eps
         return layer4.normalize_relu(last_out)
 
@@ -283,7 +306,7 @@ class _EncoderTraining(torch.autograd.Function):
         planes, first_matrix, second_weight, third_weight, last_weight, last_out = ctx.saved_tensors
         first_out, second_out, third_out = ctx.outputs
         layer1, wide1, layer2, layer3, layer4 = ctx.layers
-        sizes, channels = ctx.sizes, ctx.channels
+        sizes, channels, buffers = ctx.sizes, ctx.channels, ctx.buffers
 
         # Layer 4 is small ((M, hidden)): mask the ReLU and let the native kernel do its BatchNorm.
         grad_last, weight4, bias4 = torch.ops.aten.native_batch_norm_backward(
@@ -325,11 +348,11 @@ class _EncoderTraining(torch.autograd.Function):
 
         grad_w3, weight3, bias3, masked2, sums2 = backward_through(
             third_out, second_out, masked3, layer3, sums3, third_weight,
-            lambda y_in: _third_input(layer2, y_in, sizes, channels),
+            lambda y_in: _third_input(layer2, y_in, sizes, channels, buffers),
         )  # fmt: skip
         grad_w2, weight2, bias2, masked1, sums1 = backward_through(
             second_out, first_out, masked2, layer2, sums2, second_weight,
-            lambda y_in: _second_input(wide1, y_in, sizes, channels),
+            lambda y_in: _second_input(wide1, y_in, sizes, channels, buffers),
         )  # fmt: skip
 
         folded = [total.view(sizes[0], -1).sum(0) for total in sums1]  # (P * C,) -> (C,)
@@ -355,22 +378,22 @@ class _EncoderTraining(torch.autograd.Function):
 
 
 def _second_input(
-    wide1: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int]
+    wide1: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int], buffers: _Buffers
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layer 2's input images for a chunk of layer 1 outputs ``y``, their ReLU cells
     ``(B, P, per_image, P * C)`` (a view into the images) and ``y`` in the same layout."""
-    grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y)
+    grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y, buffers)
     y_cells = _first_as_cells(y, sizes[0])
     return grid, wide1.normalize_relu(y_cells, out=cells.flatten(3)), y_cells
 
 
 def _third_input(
-    layer2: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int]
+    layer2: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int], buffers: _Buffers
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layer 3's input images for a chunk of layer 2 outputs ``y`` ``(B, C, s, per_image * s)``, their
     ReLU cells ``(B, s, per_image, s, C)`` (a view into the images) and ``y`` in the same layout."""
     per_image = y.shape[-1] // sizes[1]
-    grid, cells = _row_grid(y.shape[0] * per_image, sizes[1], channels[1], y)
+    grid, cells = _row_grid(y.shape[0] * per_image, sizes[1], channels[1], y, buffers)
     y_cells = _cells(y, per_image)
     return grid, layer2.normalize_relu(y_cells, out=cells), y_cells
 

@@ -136,8 +136,13 @@ class _Layer:
 
     def normalize_relu(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(bn(y))`` with batch statistics, channels on the last axis of ``y``; written into ``out``."""
-        out = torch.mul(y, self.scale, out=out) if out is not None else y * self.scale
-        return out.add_(self.shift).relu_()
+        # One pass for the affine part, one for the ReLU.
+        out = (
+            torch.addcmul(self.shift, y, self.scale, out=out)
+            if out is not None
+            else torch.addcmul(self.shift, y, self.scale)
+        )
+        return out.relu_()
 
     def input_gradient(self, sum_g: torch.Tensor, sum_gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """From ``sum(g)`` and ``sum(g * y)`` over the batch: ``(a, b, c)`` with ``dy = a*g + b*y + c``,
@@ -334,7 +339,8 @@ class _EncoderTraining(torch.autograd.Function):
             next_masked, next_sums = [], None
             for y, y_in, g in zip(outputs, inputs, masked, strict=True):
                 rows = _channels_last_rows(y)
-                grad_y = g.reshape(rows.shape).mul_(a).addcmul_(rows, b).add_(c)  # g is not needed again
+                g = g.reshape(rows.shape)
+                grad_y = torch.addcmul(c, g, a, out=g).addcmul_(rows, b)  # g is not needed again
                 grid, relu_cells, y_in_cells = make_input(y_in)
                 grad_in, grad_w, _ = _conv_backward(_as_image(grad_y), grid, weight, 2)
                 weight_grad += grad_w
@@ -364,7 +370,7 @@ class _EncoderTraining(torch.autograd.Function):
         for y, g in zip(first_out, masked1, strict=True):
             count = y.shape[0]
             # (images, P, per image, P * C) -> (count, P * P * C), (y, x, c)
-            grad_cells = g.mul_(a).addcmul_(_first_as_cells(y, sizes[0]), b).add_(c)
+            grad_cells = torch.addcmul(c, g, a, out=g).addcmul_(_first_as_cells(y, sizes[0]), b)
             grad_y = grad_cells.transpose(1, 2).reshape(count, -1)
             first_grad.addmm_(planes[start : start + count].t(), grad_y)
             if grad_planes is not None:

@@ -26,7 +26,7 @@ unbiased for the running average, the same momentum and ``num_batches_tracked`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -272,19 +272,12 @@ class _EncoderTraining(torch.autograd.Function):
         layer1 = moments.finish(bns[0], dtype)
         wide1 = layer1.tiled(sizes[0])  # layer 1's maps are used as (..., P * C): x and c on one axis
 
-        second_out, moments = [], _Moments()
-        for y in first_out:
-            grid, _, _ = _second_input(wide1, y, sizes, channels, buffers)
-            second_out.append(F.conv2d(grid, second_weight, stride=2))
-            moments.add(_channels_last_rows(second_out[-1]).reshape(-1, channels[1]))
-        layer2 = moments.finish(bns[1], dtype)
-
-        third_out, moments = [], _Moments()
-        for y in second_out:
-            grid, _, _ = _third_input(layer2, y, sizes, channels, buffers)
-            third_out.append(F.conv2d(grid, third_weight, stride=2))
-            moments.add(_channels_last_rows(third_out[-1]).reshape(-1, channels[2]))
-        layer3 = moments.finish(bns[2], dtype)
+        second_out, layer2 = _stride_two_layer(
+            first_out, lambda y: _second_input(wide1, y, sizes, channels, buffers), second_weight, bns[1]
+        )
+        third_out, layer3 = _stride_two_layer(
+            second_out, lambda y: _third_input(layer2, y, sizes, channels, buffers), third_weight, bns[2]
+        )
 
         last = [
             _channels_last_rows(F.conv2d(_third_relu(layer3, y), last_weight, stride=sizes[2])).reshape(
@@ -381,6 +374,22 @@ class _EncoderTraining(torch.autograd.Function):
             grad_planes, None, None, first_grad, grad_w2, grad_w3, last_grad,
             weight1, bias1, weight2, bias2, weight3, bias3, weight4, bias4,
         )  # fmt: skip
+
+
+def _stride_two_layer(
+    inputs: list[torch.Tensor],
+    make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    weight: torch.Tensor,
+    bn: nn.BatchNorm2d,
+) -> tuple[list[torch.Tensor], _Layer]:
+    """Layer 2 or 3 forward: every chunk's input images through the unpadded stride-2 convolution, and
+    the BatchNorm statistics of all the outputs (pre-BatchNorm outputs, channels-last)."""
+    outputs, moments = [], _Moments()
+    for y in inputs:
+        images, _, _ = make_input(y)
+        outputs.append(F.conv2d(images, weight, stride=2))
+        moments.add(_channels_last_rows(outputs[-1]).reshape(-1, weight.shape[0]))
+    return outputs, moments.finish(bn, weight.dtype)
 
 
 def _second_input(

@@ -137,12 +137,7 @@ class _Layer:
     def normalize_relu(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(bn(y))`` with batch statistics, channels on the last axis of ``y``; written into ``out``."""
         # One pass for the affine part, one for the ReLU.
-        out = (
-            torch.addcmul(self.shift, y, self.scale, out=out)
-            if out is not None
-            else torch.addcmul(self.shift, y, self.scale)
-        )
-        return out.relu_()
+        return torch.addcmul(self.shift, y, self.scale, out=out).relu_()
 
     def input_gradient(self, sum_g: torch.Tensor, sum_gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """From ``sum(g)`` and ``sum(g * y)`` over the batch: ``(a, b, c)`` with ``dy = a*g + b*y + c``,

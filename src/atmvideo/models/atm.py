@@ -52,14 +52,16 @@ class CorrelationEncoder(nn.Module):
     ``64 -> hidden``; each with BN + ReLU.
 
     The planes are tiny (9 x 9) and there are millions of them, where convolution kernels are slow. So
-    by default (``fast = True``) the first convolution runs as the dense linear map it is on a flattened
-    plane (``(M, 81) @ (81, 4 * 81)``, a matrix built from the weight on every call so gradients reach
-    it), and then:
+    by default (``fast = True``) the first convolution runs as a matrix product built from its weight
+    on every call (so gradients reach it), and then:
 
-    - training on CPU (float32/64, no autocast, P = 9, 5 or 1): ``_encoder_training`` runs the other
-      three layers by hand, chunk by chunk, on planes laid side by side in one wide image (each
-      stride-2 layer becomes one large convolution), with BatchNorm statistics merged per chunk;
-    - otherwise the last convolution is a dense product too (``(M, 576) @ (576, hidden)``), the middle
+    - training on CPU (float32/64, no autocast, P = 9, 5 or 1): ``_encoder_training`` runs the four
+      layers by hand, chunk by chunk: the first as one product per output row (``(M * P, 3 * P) @
+      (3 * P, 4 * P)``: the three input rows around it), the others on planes laid side by side in a few
+      wide images (each stride-2 layer becomes one large convolution), with BatchNorm statistics
+      merged per chunk;
+    - otherwise the first convolution is the dense linear map it is on a flattened plane (``(M, 81) @
+      (81, 4 * 81)``) and the last a dense product too (``(M, 576) @ (576, hidden)``), the middle
       two are channels-last convolutions, eval-mode BatchNorm is folded into the product before it (on
       CPU a chunk of planes at a time), and training-mode BatchNorm runs ``F.batch_norm`` with the
       module's own parameters and buffers on a ``(M, c, h * w)`` or ``(M * h * w, c)`` view.
@@ -81,8 +83,10 @@ class CorrelationEncoder(nn.Module):
             conv_bn_relu(16, 64, 3, stride=2),
             conv_bn_relu(64, hidden, remaining, padding=0),
         )
-        # Where each weight of the first conv goes in its dense matrix; not saved in checkpoints.
+        # Where each weight of the first conv goes in its dense matrix, and in the matrix of one output
+        # row from the three input rows around it; not saved in checkpoints.
         self.register_buffer("_taps", _conv_taps(patch_size, 3), persistent=False)
+        self.register_buffer("_row_taps", _row_band_taps(patch_size, 3), persistent=False)
 
     def forward(self, correlation: torch.Tensor) -> torch.Tensor:
         """``(N, P, P, H, W) -> (N, hidden, H, W)`` (a channels-last view)."""
@@ -101,8 +105,9 @@ class CorrelationEncoder(nn.Module):
         # Layer 1 as (M, P*P) @ (P*P, 4*P*P); weight[:, taps] is (4 out channels, P*P in, P*P out).
         weight = F.pad(self.layers[0][0].weight.flatten(1), (0, 1))  # (4, 9 + 1): a zero for "no tap"
         if _encoder_training.handles(self.layers, planes, p):
-            by_position = weight[:, self._taps].permute(1, 2, 0).reshape(p * p, -1)  # (y, x, c) columns
-            return _encoder_training.encode(planes, by_position, self.layers, p)
+            # (3 input rows x P columns, P * 4): one output row, (x, c) columns, from the rows around it.
+            row_matrix = weight[:, self._row_taps].permute(1, 2, 0).reshape(3 * p, -1)
+            return _encoder_training.encode(planes, row_matrix, self.layers, p)
         # Columns in (c, y, x) order: the product is a (M, 4, P, P) NCHW map.
         first_matrix = weight[:, self._taps].permute(1, 0, 2).reshape(p * p, -1)
         tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -141,6 +146,17 @@ def _conv_taps(size: int, kernel: int) -> torch.Tensor:
     taps = offset.view(size, 1, size, 1) * kernel + offset.view(1, size, 1, size)
     inside = valid.view(size, 1, size, 1) & valid.view(1, size, 1, size)
     return torch.where(inside, taps, kernel * kernel).view(size * size, size * size)
+
+
+def _row_band_taps(size: int, kernel: int) -> torch.Tensor:
+    """``taps[r * size + i, o]``: the tap of a stride-1, same-padded ``kernel x kernel`` conv on a
+    ``size``-wide map that links column ``i`` of input row ``r`` (of the ``kernel`` rows centred on an
+    output row) to output column ``o`` of that row, or ``kernel**2`` where none does."""
+    pos = torch.arange(size)
+    offset = pos.view(-1, 1) - pos.view(1, -1) + kernel // 2  # (input, output) column -> tap column
+    rows = torch.arange(kernel).view(-1, 1, 1)
+    taps = torch.where((offset >= 0) & (offset < kernel), rows * kernel + offset, kernel * kernel)
+    return taps.reshape(kernel * size, size)
 
 
 def _folded_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -214,9 +214,12 @@ def _channels_last_rows(x: torch.Tensor) -> torch.Tensor:
 def _masked_sums(
     g: torch.Tensor, relu_out: torch.Tensor, y: torch.Tensor, sums: list[torch.Tensor]
 ) -> torch.Tensor:
-    """``g * (relu_out > 0)``, in place (``g`` is always a fresh gradient), adding its ``sum`` and
-    ``sum(* y)`` per channel (last axis) to ``sums``."""
-    g = _relu_backward(g, relu_out, out=g)
+    """``g * (relu_out > 0)``, adding its ``sum`` and ``sum(* y)`` per channel (last axis) to ``sums``.
+
+    In place when ``g`` (always a fresh gradient) is contiguous; a view with gaps (the cells of an image)
+    gets a contiguous result instead, which the next layer's backward then reads as rows without a copy.
+    """
+    g = _relu_backward(g, relu_out, out=g if g.is_contiguous() else None)
     sums[0] += _channel_sum(g)
     sums[1] += _channel_sum(g * y)
     return g

@@ -272,8 +272,9 @@ class _EncoderTraining(torch.autograd.Function):
         for start, end in spans:
             # Each output row from the 3 input rows around it: a third of the products of the dense
             # (P*P, P*P*4) map, whose zeros for taps beyond the kernel were 8 in 9 of its work.
-            y = (_row_windows(planes[start:end], patch_size, buffers) @ row_matrix).view(end - start, -1)
-            moments.add(y)
+            windows = _row_windows(planes[start:end], patch_size, buffers)
+            y = (windows.flatten(0, 2) @ row_matrix).view(*windows.shape[:3], -1)  # (B, P, per, P * C)
+            moments.add(y.view(end - start, -1))
             first_out.append(y)
         layer1 = moments.finish(bns[0], dtype)
         wide1 = layer1.tiled(sizes[0])  # layer 1's maps are used as (..., P * C): x and c on one axis
@@ -368,18 +369,19 @@ class _EncoderTraining(torch.autograd.Function):
         size = sizes[0]
         start = 0
         for y, g in zip(first_out, masked1, strict=True):
-            count = y.shape[0]
-            # (images, P, per image, P * C) -> (count * P, P * C): one row per output row, (x, c)
-            grad_cells = torch.addcmul(c, g, a, out=g).addcmul_(_first_as_cells(y, size), b)
-            grad_rows = grad_cells.transpose(1, 2).reshape(count * size, -1)
-            first_grad.addmm_(_row_windows(planes[start : start + count], size, buffers).t(), grad_rows)
+            images, _, per_image, _ = y.shape
+            count = images * per_image
+            grad_cells = torch.addcmul(c, g.view_as(y), a, out=g.view_as(y)).addcmul_(y, b)
+            grad_rows = grad_cells.view(-1, grad_cells.shape[-1])  # one row per output row, (x, c)
+            windows = _row_windows(planes[start : start + count], size, buffers)
+            first_grad.addmm_(windows.flatten(0, 2).t(), grad_rows)
             if grad_planes is not None:
                 # Each output row's gradient for its 3 input rows, added up per input row.
-                by_row = (grad_rows @ row_matrix.t()).view(count, size, 3, size)
-                target = grad_planes[start : start + count].view(count, size, size)
-                target.copy_(by_row[:, :, 1])
-                target[:, :-1] += by_row[:, 1:, 0]
-                target[:, 1:] += by_row[:, :-1, 2]
+                by_row = (grad_rows @ row_matrix.t()).view(images, size, per_image, 3, size).transpose(1, 2)
+                target = grad_planes[start : start + count].view(images, per_image, size, size)
+                target.copy_(by_row[:, :, :, 1])
+                target[:, :, :-1] += by_row[:, :, 1:, 0]
+                target[:, :, 1:] += by_row[:, :, :-1, 2]
             start += count
 
         return (
@@ -407,11 +409,10 @@ def _stride_two_layer(
 def _second_input(
     wide1: _Layer, y: torch.Tensor, sizes: tuple[int, ...], channels: list[int], buffers: _Buffers
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layer 2's input images for a chunk of layer 1 outputs ``y``, their ReLU cells
-    ``(B, P, per_image, P * C)`` (a view into the images) and ``y`` in the same layout."""
-    grid, cells = _row_grid(y.shape[0], sizes[0], channels[0], y, buffers)
-    y_cells = _first_as_cells(y, sizes[0])
-    return grid, wide1.normalize_relu(y_cells, out=cells.flatten(3)), y_cells
+    """Layer 2's input images for a chunk of layer 1 outputs ``y`` ``(B, P, per_image, P * C)``, their
+    ReLU cells (a view into the images, same shape) and ``y``."""
+    grid, cells = _row_grid(y.shape[0] * y.shape[2], sizes[0], channels[0], y, buffers)
+    return grid, wide1.normalize_relu(y, out=cells.flatten(3)), y
 
 
 def _third_input(
@@ -426,23 +427,20 @@ def _third_input(
 
 
 def _row_windows(planes: torch.Tensor, size: int, buffers: _Buffers) -> torch.Tensor:
-    """``(count, P * P)`` planes as ``(count * P, 3 * P)``: for every row of every plane, that row with the
-    rows above and below it (zeros beyond the plane), the input of one output row of layer 1."""
+    """The input of every output row of layer 1: that row of its plane with the rows above and below it
+    (zeros beyond the plane), ``(B, P, per_image, 3 * P)`` for ``(count, P * P)`` planes, ``B =
+    _images(count)``: image, row, plane, then the ``3 * P`` values, the order of layer 2's images."""
     count = planes.shape[0]
     padded, new = buffers.get("padded_planes", (count, (size + 2) * size), planes)
     if new:  # a zero row above and below every plane, written once
         padded[:, :size].zero_()
         padded[:, -size:].zero_()
     padded[:, size:-size] = planes
-    windows, _ = buffers.get("row_windows", (count, size, 3 * size), planes)
-    return windows.copy_(padded.as_strided(windows.shape, (padded.shape[1], size, 1))).view(count * size, -1)
-
-
-def _first_as_cells(y: torch.Tensor, size: int) -> torch.Tensor:
-    """Layer 1's ``(count, P * P * C)`` output, ``(y, x, c)`` order, as ``(B, P, per_image, P * C)`` with
-    ``B = _images(count)`` (a view)."""
-    images = _images(y.shape[0])
-    return y.view(images, -1, size, y.shape[1] // size).transpose(1, 2)
+    images = _images(count)
+    per_image = count // images
+    windows, _ = buffers.get("row_windows", (images, size, per_image, 3 * size), planes)
+    plane_stride = padded.shape[1]
+    return windows.copy_(padded.as_strided(windows.shape, (per_image * plane_stride, size, plane_stride, 1)))
 
 
 def _unpad_cells(rows: torch.Tensor, per_image: int) -> torch.Tensor:

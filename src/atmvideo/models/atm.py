@@ -377,7 +377,8 @@ class ATM(TemporalModule):
 
     def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         out = x + branch
-        return F.relu(out) if self.residual_act == "relu" else out
+        # In place: the sum is a fresh tensor that nothing else reads (no second allocation of a map).
+        return out.relu_() if self.residual_act == "relu" else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Add the temporal cues of every frame to its features: ``(B*T, C, H, W) -> (B*T, C, H, W)``."""

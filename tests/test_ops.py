@@ -72,6 +72,18 @@ def test_span_context_matches_loop(context: int, include_self: bool) -> None:
     torch.testing.assert_close(spanned, brute_span(clip, offsets), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("offsets", [[-2, -1, 0, 1, 2], [-2, -1, 1, 2], [1], [0, 1, 2, 3], [3, -1]])
+def test_span_context_gradient_matches_loop(offsets: list[int]) -> None:
+    """Consecutive offsets give an overlapping view of the padded clip, others a stacked copy: each
+    context frame's gradient must reach its frame, once per pair that reads it."""
+    torch.manual_seed(len(offsets))
+    clip = torch.randn(2, 5, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, len(offsets), 3, 2, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((ops.span_context(clip, offsets) * weights).sum(), clip)
+    (expected,) = torch.autograd.grad((brute_span(clip, offsets) * weights).sum(), clip)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+
+
 def test_span_context_longer_than_clip() -> None:
     clip = torch.randn(1, 2, 1, 1, 1)
     spanned = ops.span_context(clip, ops.context_offsets(6))

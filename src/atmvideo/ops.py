@@ -65,6 +65,8 @@ def span_context(clip: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
     """Context frames of every anchor: ``(B, T, C, H, W) -> (B, T, len(offsets), C, H, W)``.
 
     ``out[:, t, i] = clip[:, t + offsets[i]]``; frames outside the clip are zeros (zero padding in time).
+    For consecutive offsets (the default context) the result is an overlapping view of a time-padded
+    copy of the clip, not a tensor of its own: read it, do not write into it.
     """
     if clip.ndim != 5:
         raise ValueError(f"expected frame features (B, T, C, H, W), got shape {tuple(clip.shape)}")

@@ -95,8 +95,7 @@ class _Moments:
         if rows.shape[1] < 64 and rows.is_contiguous():
             # Narrow rows vectorise poorly (90 against 38 us for a chunk of layer 2, 16 channels): read
             # rows of several positions instead.
-            positions = next(p for p in (8, 4, 2, 1) if rows.shape[0] % p == 0)
-            rows = rows.view(-1, positions * rows.shape[1])
+            rows = rows.view(-1, _positions_per_row(rows.shape[0]) * rows.shape[1])
         mean, var = torch.batch_norm_update_stats(rows, None, None, 0.0)
         self.means.append(mean.view(-1, self.channels))
         self.variances.append(var.view(-1, self.channels))
@@ -128,6 +127,7 @@ class _Layer:
 
     def __init__(self, mean: torch.Tensor, invstd: torch.Tensor, bn: nn.BatchNorm2d, count: int) -> None:
         self.mean, self.invstd, self.count = mean, invstd, count
+        self._repeated: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.weight = bn.weight.detach()
         self.scale = self.weight * invstd
         self.shift = bn.bias.detach() - mean * self.scale
@@ -135,7 +135,7 @@ class _Layer:
     def tiled(self, repeats: int) -> _Layer:
         """The same layer for tensors whose last axis holds ``repeats`` positions of every channel."""
         tiled = object.__new__(_Layer)
-        tiled.count = self.count
+        tiled.count, tiled._repeated = self.count, {}
         for name in ("mean", "invstd", "weight", "scale", "shift"):
             setattr(tiled, name, getattr(self, name).repeat(repeats))
         return tiled
@@ -147,10 +147,9 @@ class _Layer:
 
     def repeated(self, repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, invstd)`` for rows of ``repeats`` positions of every channel (kept for the next call)."""
-        cache = self.__dict__.setdefault("_repeated", {})
-        if repeats not in cache:
-            cache[repeats] = (self.mean.repeat(repeats), self.invstd.repeat(repeats))
-        return cache[repeats]
+        if repeats not in self._repeated:
+            self._repeated[repeats] = (self.mean.repeat(repeats), self.invstd.repeat(repeats))
+        return self._repeated[repeats]
 
     def input_gradient(self, sum_g: torch.Tensor, sum_g_xhat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """From ``sum(g)`` and ``sum(g * xhat)`` over the batch (``xhat`` the normalised input): ``(a, b,
@@ -231,7 +230,7 @@ def _masked_sums(
     # Rows of up to 8 positions: a reduction that keeps only 4 or 16 values on the innermost axis
     # vectorises poorly. The native kernel reads g and y once, with no g * y in memory (41 against
     # 116 us for a chunk of layer 3, 2 threads).
-    positions = next(p for p in (8, 4, 2, 1) if g.numel() % (p * channels) == 0)
+    positions = _positions_per_row(g.numel() // channels)
     mean, invstd = layer.repeated(positions)
     _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
         g.reshape(-1, positions * channels), y.reshape(-1, positions * channels), None, None, None,
@@ -240,6 +239,12 @@ def _masked_sums(
     sums[0] += sum_g.view(positions, channels).sum(0)
     sums[1] += sum_g_xhat.view(positions, channels).sum(0)
     return g
+
+
+def _positions_per_row(count: int) -> int:
+    """How many positions of ``count`` to read as one row in per-channel reductions: the largest of
+    8, 4, 2, 1 that divides ``count``."""
+    return next(positions for positions in (8, 4, 2, 1) if count % positions == 0)
 
 
 def _relu_backward(g: torch.Tensor, relu_out: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

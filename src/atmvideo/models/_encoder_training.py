@@ -380,7 +380,8 @@ class _EncoderTraining(torch.autograd.Function):
         for y, g in zip(first_out, masked1, strict=True):
             images, _, per_image, _ = y.shape
             count = images * per_image
-            grad_cells = torch.addcmul(c, g.view_as(y), a, out=g.view_as(y)).addcmul_(y, b)
+            g = g.view_as(y)
+            grad_cells = torch.addcmul(c, g, a, out=g).addcmul_(y, b)  # g is not needed again
             grad_rows = grad_cells.view(-1, grad_cells.shape[-1])  # one row per output row, (x, c)
             windows = _row_windows(planes[start : start + count], size, buffers)
             first_grad.addmm_(windows.flatten(0, 2).t(), grad_rows)

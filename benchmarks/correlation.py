@@ -1,11 +1,15 @@
 """``ops.local_correlation`` against the two obvious ways to compute it: time and peak memory.
 
 - ``band``: ``atmvideo.ops.local_correlation`` (one batched product over overlapping row windows).
-- ``full``: the authors' approach: the full ``(HW x HW)`` similarity matrix of every pair, then a gather
-  of the ``P x P`` neighbours of every position (written here, it is not in the library).
+- ``full``: the full ``(HW x HW)`` similarity matrix of every pair, then one gather of the ``P x P``
+  neighbours of every position: the fastest way we know to take them from the full matrix.
+- ``diagonals``: the full matrix, re-indexed the way the authors' code does it when the correlation
+  sampler package is missing: the ``P`` diagonals of the column offsets, then the ``P`` diagonals of
+  the row offsets, each written into a zero tensor.
 - ``shifts``: a loop over the ``P * P`` displacements, one shifted product and channel sum each.
 
-The variants run interleaved (band, full, shifts, band, ...) and every time is the median of
+None but ``band`` is in the library; the others are written here, for comparison only.
+The variants run interleaved (band, full, diagonals, shifts, band, ...) and every time is the median of
 ``--repeats``. Peak memory is what the call allocates on top of its inputs: on CUDA from
 ``torch.cuda.max_memory_allocated``, on CPU from the PyTorch profiler's memory timeline (one extra run
 per case). ``N`` maps of ``C`` channels: the default 80 is 8 frames x 5 pairs x batch 2.
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 
 from atmvideo import ops
 
-VARIANTS = ("band", "full", "shifts")
+VARIANTS = ("band", "full", "diagonals", "shifts")
 MODES = ("forward", "backward")
 
 
@@ -49,6 +53,24 @@ def correlation_full_matrix(a: torch.Tensor, b: torch.Tensor, patch_size: int = 
     return out.view(n, height, width, patch_size, patch_size).permute(0, 3, 4, 1, 2)
 
 
+def correlation_diagonals(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> torch.Tensor:
+    """The full matrix re-indexed by diagonals: first the column offsets, then the row offsets."""
+    n, _, height, width = a.shape
+    k = patch_size // 2
+    full = torch.bmm(a.flatten(2).transpose(1, 2), b.flatten(2)).view(n, height, width, height, width)
+    by_column = full.new_zeros(n, height, height, patch_size, width)  # (y, y', v, x)
+    for v in range(patch_size):
+        offset = v - k  # x' = x + offset; the diagonal runs over the x that keep x' on the map
+        diagonal = torch.diagonal(full, offset=offset, dim1=2, dim2=4)  # (n, y, y', W - |offset|)
+        by_column[:, :, :, v, max(-offset, 0) : width - max(offset, 0)] = diagonal
+    out = full.new_zeros(n, patch_size, patch_size, height, width)
+    for u in range(patch_size):
+        offset = u - k
+        diagonal = torch.diagonal(by_column, offset=offset, dim1=1, dim2=2)  # (n, v, x, H - |offset|)
+        out[:, u, :, max(-offset, 0) : height - max(offset, 0)] = diagonal.transpose(2, 3)
+    return out
+
+
 def correlation_shifts(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) -> torch.Tensor:
     """A loop over the ``P * P`` displacements: multiply by the shifted map, sum over channels."""
     height, width = a.shape[-2:]
@@ -65,6 +87,7 @@ def correlation_shifts(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9) ->
 IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
     "band": ops.local_correlation,
     "full": correlation_full_matrix,
+    "diagonals": correlation_diagonals,
     "shifts": correlation_shifts,
 }
 

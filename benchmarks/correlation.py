@@ -1,4 +1,4 @@
-"""``ops.local_correlation`` against the two obvious ways to compute it: time and peak memory.
+"""``ops.local_correlation`` against other ways to compute it: time and peak memory.
 
 - ``band``: ``atmvideo.ops.local_correlation`` (one batched product over overlapping row windows).
 - ``full``: the full ``(HW x HW)`` similarity matrix of every pair, then one gather of the ``P x P``
@@ -62,12 +62,12 @@ def correlation_diagonals(a: torch.Tensor, b: torch.Tensor, patch_size: int = 9)
     for v in range(patch_size):
         offset = v - k  # x' = x + offset; the diagonal runs over the x that keep x' on the map
         diagonal = torch.diagonal(full, offset=offset, dim1=2, dim2=4)  # (n, y, y', W - |offset|)
-        by_column[:, :, :, v, max(-offset, 0) : width - max(offset, 0)] = diagonal
+        by_column[:, :, :, v, max(-offset, 0) : max(width - offset, 0)] = diagonal
     out = full.new_zeros(n, patch_size, patch_size, height, width)
     for u in range(patch_size):
         offset = u - k
         diagonal = torch.diagonal(by_column, offset=offset, dim1=1, dim2=2)  # (n, v, x, H - |offset|)
-        out[:, u, :, max(-offset, 0) : height - max(offset, 0)] = diagonal.transpose(2, 3)
+        out[:, u, :, max(-offset, 0) : max(height - offset, 0)] = diagonal.transpose(2, 3)
     return out
 
 

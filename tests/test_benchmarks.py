@@ -40,14 +40,17 @@ def ratio_of_rounded(ratio: float, top: float, bottom: float, half_step: float) 
     return low - 0.005 <= ratio <= high + 0.005
 
 
-@pytest.mark.parametrize("patch_size", [3, 5])
-def test_correlation_baselines_compute_the_library_correlation(patch_size: int) -> None:
-    """The other ways of computing the correlation are only fair baselines if they give its numbers."""
+@pytest.mark.parametrize(("patch_size", "height", "width"), [(3, 6, 7), (5, 6, 7), (7, 2, 3)])
+def test_correlation_baselines_compute_the_library_correlation(
+    patch_size: int, height: int, width: int
+) -> None:
+    """The other ways of computing the correlation are only fair baselines if they give its numbers
+    (also where the patch is larger than the map)."""
     correlation = load("correlation")
     torch.manual_seed(0)
-    a = torch.randn(3, 4, 6, 7, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, 4, 6, 7, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(3, patch_size, patch_size, 6, 7, dtype=torch.float64)
+    a = torch.randn(3, 4, height, width, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 4, height, width, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, patch_size, patch_size, height, width, dtype=torch.float64)
     want = ops.local_correlation(a, b, patch_size)
     want_grads = torch.autograd.grad(want, (a, b), grad)
     assert set(correlation.IMPLEMENTATIONS) == {"band", "full", "diagonals", "shifts"}

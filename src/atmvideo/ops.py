@@ -292,17 +292,18 @@ class _BandCorrelation(torch.autograd.Function):
                     _windows(a_rows, rows, patch_size),
                     out=scratch.take("grad_rows", (rows, window_width, channels)),
                 )
-                windows = grad_rows.view(count, blocks, height, window_width, channels).transpose(1, 2)
+                grad_units = grad_rows.view(count, blocks, height, window_width, channels)
                 if grid.padded_width == width and block_width >= k:
                     # Each block's own columns, plus the k neighbour columns either side that it
                     # reached into, added to the blocks beside it (those beyond the map dropped).
+                    windows = grad_units.transpose(1, 2)
                     by_block = grad_b[start:end].view(count, height, blocks, block_width, channels)
                     by_block.copy_(windows[:, :, :, k : k + block_width])
                     by_block[:, :, :-1, block_width - k :] += windows[:, :, 1:, :k]
                     by_block[:, :, 1:, :k] += windows[:, :, :-1, k + block_width :]
                 else:
                     # Image column j - k in column j.
-                    summed = _overlap_add_columns(windows.transpose(1, 2), block_width)
+                    summed = _overlap_add_columns(grad_units, block_width)
                     grad_b[start:end] = summed[:, :, k : k + width]
         if grad_a is not None:
             grad_a = grad_a[:, :, :width].permute(0, 3, 1, 2)
